@@ -1,0 +1,1 @@
+"""facerec: self-hosted face verification server."""

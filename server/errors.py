@@ -1,0 +1,125 @@
+"""The one error taxonomy of facerec, mapped once to HTTP status codes and once to gRPC status codes."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class FacerecError(Exception):
+    """Base of every error the service reports to a client.
+
+    ``code`` is stable and machine-readable; ``detail`` is safe to show to the caller (never internals).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str | None = None, *, field: str | None = None) -> None:
+        self.detail = detail or self.title
+        self.field = field
+        super().__init__(self.detail)
+
+
+class BadRequest(FacerecError):
+    status, code, title = 400, "bad_request", "Malformed request"
+
+
+class InvalidField(BadRequest):
+    code, title = "invalid_field", "Invalid field"
+
+
+class MissingField(BadRequest):
+    code, title = "missing_field", "Missing field"
+
+
+class InvalidId(BadRequest):
+    code, title = "invalid_id", "Not a valid scan id"
+
+
+class Unauthorized(FacerecError):
+    status, code, title = 401, "unauthorized", "Missing or invalid bearer token"
+
+
+class Forbidden(FacerecError):
+    status, code, title = 403, "forbidden", "The token lacks the required role"
+
+
+class NotFound(FacerecError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class PayloadTooLarge(FacerecError):
+    status, code, title = 413, "payload_too_large", "File or request too large"
+
+
+class UnsupportedImage(FacerecError):
+    status, code, title = 415, "unsupported_image", "Not a supported image"
+
+
+class ImageTooLarge(UnsupportedImage):
+    """Header dimensions over the pixel limit: refused before decoding (decompression bombs)."""
+
+    status, code, title = 413, "image_too_large", "Image dimensions over the limit"
+
+
+class NoFace(FacerecError):
+    status, code, title = 422, "no_face", "No face found"
+
+
+class Overloaded(FacerecError):
+    status, code, title = 429, "overloaded", "Server overloaded, retry later"
+
+    def __init__(self, detail: str | None = None, *, retry_after_ms: int = 1000) -> None:
+        super().__init__(detail)
+        self.retry_after_ms = retry_after_ms
+
+
+class Unavailable(FacerecError):
+    status, code, title = 503, "unavailable", "Service temporarily unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after_ms: int = 1000) -> None:
+        super().__init__(detail)
+        self.retry_after_ms = retry_after_ms
+
+
+class DeadlineExceeded(Unavailable):
+    code, title = "deadline_exceeded", "Request deadline exceeded"
+
+
+class InferenceFailed(FacerecError):
+    status, code, title = 500, "inference_failed", "Inference failed"
+
+
+class ModelBuildError(FacerecError):
+    """Raised by `facerec models` (a CLI error, never an API response)."""
+
+    code, title = "model_build_failed", "Model repository build failed"
+
+
+GRPC_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.FAILED_PRECONDITION,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def http_status(err: FacerecError) -> int:
+    """HTTP status of an error."""
+    return err.status
+
+
+def grpc_status(err: FacerecError) -> grpc.StatusCode:
+    """gRPC status code of an error (deadlines map to DEADLINE_EXCEEDED)."""
+    if isinstance(err, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return GRPC_CODES.get(err.status, grpc.StatusCode.INTERNAL)

@@ -1,0 +1,133 @@
+"""Frozen service settings, built from ``FACEREC_*`` environment variables and passed in explicitly."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+# The repository root when running from a checkout; model_repository/ lives beside server/.
+PROJECT_ROOT = PACKAGE_ROOT.parent
+
+Backend = Literal["onnxruntime", "triton"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "facerec"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facerec"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of the service. Build with :meth:`from_env` or directly in tests."""
+
+    # --- storage
+    data_dir: Path = field(default_factory=_default_data_dir)
+    database_url: str | None = None  # None -> SQLite file in data_dir
+    retention_days: int | None = None
+
+    # --- models and inference
+    model_repository: Path = PROJECT_ROOT / "model_repository"
+    model_cache_dir: Path = field(default_factory=_default_cache_dir)
+    backend: Backend = "onnxruntime"
+    device: Device = "auto"
+    triton_url: str = "127.0.0.1:8001"
+    ort_intra_threads: int = 0  # 0 -> onnxruntime default (all cores)
+    ort_inter_threads: int = 1
+    detector_size: int = 640  # letterbox side fed to the detector, multiple of 32
+    detector_score_threshold: float = 0.6
+    min_face_px: int = 24  # faces with a shorter box side are ignored
+
+    # --- decision
+    threshold: float = 0.5  # on the calibrated 0..1 compare_similarity scale
+
+    # --- batching
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+
+    # --- request limits
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 24 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 32
+    max_image_side: int = 20_000
+    request_timeout_s: float = 30.0
+
+    # --- auth (no issuer -> local issuer with a key in data_dir)
+    auth_issuer: str | None = None
+    auth_audience: str = "facerec"
+    auth_jwks_url: str | None = None
+    auth_jwks_file: Path | None = None
+    auth_company_claim: str = "company_id"
+    auth_roles_claim: str = "roles"
+    auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    auth_leeway_s: int = 30
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 50051
+    log_level: str = "INFO"
+    cors_origins: tuple[str, ...] = ()
+    shutdown_grace_s: float = 20.0
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file used when no database URL is configured."""
+        return self.data_dir / "facerec.sqlite3"
+
+    @property
+    def effective_database_url(self) -> str:
+        """SQLAlchemy async URL of the scan store."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    @property
+    def local_issuer(self) -> bool:
+        """True when the server mints and trusts its own tokens."""
+        return self.auth_issuer is None
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``FACEREC_<FIELD>`` variables (upper-case field names); unknown ones are ignored."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"FACEREC_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kwargs[f.name] = _parse(f.name, str(f.type), raw)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def _parse(name: str, type_name: str, raw: str) -> object:
+    try:
+        if "tuple" in type_name:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if "Path" in type_name:
+            return Path(raw).expanduser()
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if "int | None" in type_name:
+            return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"FACEREC_{name.upper()}={raw!r} is not a valid {type_name}") from exc
+    return raw
