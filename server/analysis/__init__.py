@@ -1,0 +1,1 @@
+"""Face attributes (pose, eyes, mouth, luminance, occlusion, quality) and similarity-score calibration."""

@@ -1,0 +1,24 @@
+"""Role names and the role check every action runs before touching data."""
+
+from __future__ import annotations
+
+from server.domain import Principal
+from server.errors import Forbidden
+
+ROLE_COMPARE = "face:compare"
+ROLE_READ = "face:read"
+ROLE_UPDATE = "face:update"
+ROLE_DELETE = "face:delete"
+ALL_ROLES = (ROLE_COMPARE, ROLE_READ, ROLE_UPDATE, ROLE_DELETE)
+
+
+def has_role(principal: Principal, role: str) -> bool:
+    """Whether ``principal`` holds ``role``."""
+    return role in principal.roles
+
+
+def require_role(principal: Principal, role: str) -> None:
+    """Raise :class:`Forbidden` unless ``principal`` holds ``role``."""
+    if role not in principal.roles:
+        # Naming the role is safe (it is public API vocabulary) and tells the caller what to ask for.
+        raise Forbidden(f"missing role {role}")

@@ -1,0 +1,85 @@
+"""Image decoding: format sniffing, pixel limits checked before decoding, EXIF orientation, mode normalisation."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from server.errors import ImageTooLarge, UnsupportedImage
+
+# Pillow's own names; MPO is what cameras write for JPEGs with an embedded preview.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds every decoded image must respect."""
+
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    max_side: int = 20_000
+
+
+def decode_image(data: bytes, limits: DecodeLimits, *, field: str | None = None) -> npt.NDArray[np.uint8]:
+    """Decode ``data`` into an upright RGB ``(H, W, 3)`` uint8 array.
+
+    Raises :class:`UnsupportedImage` for anything that is not a complete JPEG/PNG/WebP/BMP and
+    :class:`ImageTooLarge` when the header announces more pixels than allowed (checked before decoding,
+    so a decompression bomb costs nothing).
+    """
+    if not data:
+        raise UnsupportedImage("empty file", field=field)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and at 2x raises) on huge images; we enforce our own limit below instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or ""
+            if fmt not in SUPPORTED_FORMATS:
+                raise UnsupportedImage(f"unsupported image format {fmt or 'unknown'}", field=field)
+            w, h = img.size
+            if w * h > limits.max_pixels or max(w, h) > limits.max_side:
+                raise ImageTooLarge(
+                    f"image is {w}x{h}; the limit is {limits.max_pixels} pixels and {limits.max_side} px a side",
+                    field=field,
+                )
+            if min(w, h) < limits.min_side:
+                raise UnsupportedImage(f"image is {w}x{h}; each side must be at least {limits.min_side} px", field=field)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
+    except (UnsupportedImage, ImageTooLarge):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge("image dimensions over the limit", field=field) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Truncated or corrupt files surface as OSError/SyntaxError deep inside the codecs.
+        raise UnsupportedImage("not a readable image (corrupt, truncated or unsupported)", field=field) from exc
+
+
+def _to_rgb(img: Image.Image) -> npt.NDArray[np.uint8]:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale: scale by the actual range of the type, not a clip to 255.
+        arr = np.asarray(img, dtype=np.float32)
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+        gray = ((arr - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Transparent pixels become mid-grey rather than black so they do not read as a dark occluder.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # handles L, P, CMYK (with Pillow's inversion for Adobe JPEGs), YCbCr, 1
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))

@@ -1,0 +1,1 @@
+"""Backend-agnostic pre- and post-processing for the detector, landmarker and embedder models."""

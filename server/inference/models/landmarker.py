@@ -1,0 +1,95 @@
+"""FaceMesh landmarker: rotation-aligned ROI crops in, 468 3-D points in original-image pixels out."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from server.inference.backend import ModelSpec
+
+CROP = 192
+# FaceMesh was trained on crops about 1.5x the face box, rotated so the eyes are level.
+ROI_SCALE = 1.5
+
+
+def roi_affines(centres: npt.NDArray[np.float32], sizes: npt.NDArray[np.float32],
+                angles: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Image -> crop affine matrices ``(M, 2, 3)`` for square ROIs of side ``sizes`` rotated by ``angles`` (rad)."""
+    c, s = np.cos(angles), np.sin(angles)
+    k = CROP / sizes
+    cx, cy = centres[:, 0], centres[:, 1]
+    a = np.empty((len(sizes), 2, 3), dtype=np.float64)
+    a[:, 0, 0], a[:, 0, 1] = k * c, k * s
+    a[:, 0, 2] = -k * (c * cx + s * cy) + CROP / 2
+    a[:, 1, 0], a[:, 1, 1] = -k * s, k * c
+    a[:, 1, 2] = k * (s * cx - c * cy) + CROP / 2
+    return a
+
+
+class Landmarker:
+    """Pre/post-processing around the FaceMesh network."""
+
+    name = "landmarker"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.input_name = spec.inputs[0].name
+        # Output names depend on the converter; identify them by size (1404 = 468 x 3, and the presence logit).
+        sized = {o.name: int(np.prod([d for d in o.dims if d > 0])) for o in spec.outputs}
+        self.mesh_name = next(n for n, size in sized.items() if size == 1404)
+        self.presence_name = next(n for n, size in sized.items() if size == 1)
+
+    @staticmethod
+    def rois(boxes: npt.NDArray[np.float32], eyes: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Affines for ROIs from detector boxes ``(M, 4)`` and eye points ``(M, 2, 2)`` (image-left eye first)."""
+        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+        sizes = ROI_SCALE * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        d = eyes[:, 1] - eyes[:, 0]
+        return roi_affines(centres, sizes, np.arctan2(d[:, 1], d[:, 0]))
+
+    @staticmethod
+    def rois_from_mesh(mesh: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Refined ROIs from a first mesh ``(M, 468, 3)``: centred on the mesh, sized by its rotated extent."""
+        # Eye outer corners (33: image-left, 263: image-right) give the roll more precisely than the detector.
+        d = mesh[:, 263, :2] - mesh[:, 33, :2]
+        ang = np.arctan2(d[:, 1], d[:, 0])
+        c, s = np.cos(ang), np.sin(ang)
+        pts = mesh[:, :, :2]
+        centre0 = (pts.max(axis=1) + pts.min(axis=1)) / 2
+        rel = pts - centre0[:, None]
+        u = c[:, None] * rel[..., 0] + s[:, None] * rel[..., 1]
+        v = -s[:, None] * rel[..., 0] + c[:, None] * rel[..., 1]
+        umid, vmid = (u.max(1) + u.min(1)) / 2, (v.max(1) + v.min(1)) / 2
+        centres = centre0 + np.stack([c * umid - s * vmid, s * umid + c * vmid], axis=1)
+        sizes = ROI_SCALE * np.maximum(u.max(1) - u.min(1), v.max(1) - v.min(1))
+        return roi_affines(centres.astype(np.float32), sizes.astype(np.float32), ang.astype(np.float32))
+
+    def preprocess(self, images: list[npt.NDArray[np.uint8]], image_index: npt.NDArray[np.intp],
+                   affines: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """Warp each ROI to a ``(M, 3, 192, 192)`` RGB 0..1 batch."""
+        batch = np.empty((len(affines), CROP, CROP, 3), dtype=np.uint8)
+        for m, (i, a) in enumerate(zip(image_index, affines, strict=True)):
+            batch[m] = cv2.warpAffine(images[i], a, (CROP, CROP), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1 / 255)
+
+    def postprocess(self, outputs: dict[str, npt.NDArray[np.float32]], affines: npt.NDArray[np.float64]
+                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Mesh ``(M, 468, 3)`` in original pixels (z in the same pixel scale) and presence probability ``(M,)``."""
+        pts = outputs[self.mesh_name].reshape(-1, 468, 3).astype(np.float64)
+        a = affines
+        k = np.hypot(a[:, 0, 0], a[:, 0, 1])  # crop pixels per image pixel
+        c, s = a[:, 0, 0] / k, a[:, 0, 1] / k
+        u = (pts[..., 0] - CROP / 2) / k[:, None]
+        v = (pts[..., 1] - CROP / 2) / k[:, None]
+        # Invert the rotation about the ROI centre; the centre is where crop (96, 96) maps back to.
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        cx = (a[:, 1, 1] * (CROP / 2 - a[:, 0, 2]) - a[:, 0, 1] * (CROP / 2 - a[:, 1, 2])) / det
+        cy = (-a[:, 1, 0] * (CROP / 2 - a[:, 0, 2]) + a[:, 0, 0] * (CROP / 2 - a[:, 1, 2])) / det
+        x = cx[:, None] + c[:, None] * u - s[:, None] * v
+        y = cy[:, None] + s[:, None] * u + c[:, None] * v
+        z = pts[..., 2] / k[:, None]
+        mesh = np.stack([x, y, z], axis=-1).astype(np.float32)
+        logit = outputs[self.presence_name].reshape(-1).astype(np.float64)
+        presence = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        return mesh, presence

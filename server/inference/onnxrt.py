@@ -1,0 +1,86 @@
+"""In-process onnxruntime backend: one session per model, CUDA execution provider when present, else CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from server.errors import InferenceFailed, Unavailable
+from server.inference.backend import MODEL_NAMES, ModelSpec, load_spec
+from server.settings import Device
+
+log = logging.getLogger(__name__)
+
+
+def choose_providers(device: Device) -> list[str]:
+    """Execution providers to try, best first; CUDA only when onnxruntime was built with it."""
+    available = ort.get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise Unavailable("FACEREC_DEVICE=cuda but onnxruntime has no CUDA execution provider")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    """Runs the model repository's ONNX files in this process."""
+
+    def __init__(self, repository: Path, *, device: Device = "auto", intra_threads: int = 0,
+                 inter_threads: int = 1, models: tuple[str, ...] = MODEL_NAMES) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        providers = choose_providers(device)
+        for name in models:
+            path = repository / name / "1" / "model.onnx"
+            if not path.is_file():
+                raise Unavailable(f"model file {path} is missing: run `facerec models` (make models)")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = intra_threads
+            opts.inter_op_num_threads = inter_threads
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._specs[name] = load_spec(repository, name)
+            self._sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        active = sorted({p for s in self._sessions.values() for p in s.get_providers()[:1]})
+        self._description = f"onnxruntime {ort.__version__} ({', '.join(active)})"
+        log.info("inference backend: %s", self._description)
+        # One worker per model: a model's batches run in order, different models overlap.
+        self._pool = ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="ort")
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def providers(self) -> list[str]:
+        """Active execution provider per session (first of each)."""
+        return [s.get_providers()[0] for s in self._sessions.values()]
+
+    def spec(self, model: str) -> ModelSpec:
+        return self._specs[model]
+
+    def infer_sync(self, model: str, inputs: dict[str, npt.NDArray[np.float32]]) -> dict[str, npt.NDArray[np.float32]]:
+        """Run one batch on the calling thread."""
+        session = self._sessions[model]
+        try:
+            outs = session.run(None, inputs)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError, ValueError) as exc:
+            log.exception("onnxruntime failed on %s", model)
+            raise InferenceFailed(f"{model} inference failed") from exc
+        return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outs, strict=True)}
+
+    async def infer(self, model: str, inputs: dict[str, npt.NDArray[np.float32]]) -> dict[str, npt.NDArray[np.float32]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.infer_sync, model, inputs)
+
+    async def ready(self) -> bool:
+        return len(self._sessions) == len(self._specs) > 0
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._sessions.clear()

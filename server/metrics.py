@@ -1,0 +1,93 @@
+"""Prometheus metrics of one app instance, on a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Request latencies span a cache hit (ms) to a cold multi-face scan (seconds).
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Queue and batch times are dominated by max_wait_ms (a few ms), so the low end needs resolution.
+_SHORT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+REJECT_REASONS = ("overloaded", "deadline", "cancelled")
+
+
+class Metrics:
+    """Every metric the service exports; one instance per app so tests never share a registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.http_request_duration = Histogram(
+            "facerec_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grpc_request_duration = Histogram(
+            "facerec_grpc_request_duration_seconds",
+            "gRPC request latency.",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "facerec_batch_size",
+            "Items per inference batch.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "facerec_queue_time_seconds",
+            "Per-item time from submit to the start of its batch.",
+            ["model"],
+            buckets=_SHORT_BUCKETS,
+            registry=r,
+        )
+        self.inference_time = Histogram(
+            "facerec_inference_time_seconds",
+            "Wall time of one batch call.",
+            ["model"],
+            buckets=_SHORT_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("facerec_queue_depth", "Items waiting for a batch.", ["model"], registry=r)
+        self.batch_items = Counter(
+            "facerec_batch_items_total",
+            "Items sent to inference, by the transport that submitted them.",
+            ["model", "source"],
+            registry=r,
+        )
+        self.mixed_batches = Counter(
+            "facerec_mixed_batches_total",
+            "Batches holding items from more than one source (e.g. HTTP and gRPC together).",
+            ["model"],
+            registry=r,
+        )
+        self.requests_rejected = Counter(
+            "facerec_requests_rejected_total",
+            "Work refused or dropped before inference.",
+            ["reason"],
+            registry=r,
+        )
+        self.scans = Counter("facerec_scans_total", "Scans by result.", ["result"], registry=r)
+        self.inference_errors = Counter(
+            "facerec_inference_errors_total", "Failed inference batches.", ["model"], registry=r
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's value by its full exposed name (e.g. ``facerec_batch_items_total``); 0 if absent."""
+        v = self.registry.get_sample_value(name, labels)
+        return 0.0 if v is None else v
+
+    def histogram_stats(self, name: str, **labels: str) -> tuple[float, float]:
+        """``(sum, count)`` of a histogram by its base name (e.g. ``facerec_batch_size``); zeros if absent."""
+        return self.value(f"{name}_sum", **labels), self.value(f"{name}_count", **labels)
