@@ -45,7 +45,7 @@ class Settings:
     ort_intra_threads: int = 0  # 0 -> onnxruntime default (all cores)
     ort_inter_threads: int = 1
     detector_size: int = 640  # letterbox side fed to the detector, multiple of 32
-    detector_score_threshold: float = 0.6
+    detector_score_threshold: float = 0.75
     min_face_px: int = 24  # faces with a shorter box side are ignored
 
     # --- decision

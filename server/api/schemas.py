@@ -1,0 +1,152 @@
+"""msgspec wire schemas of the HTTP contract (snake_case compare response, camelCase scan entity, Spring page)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from server.domain import Channel, CompareResult, FaceAnalysis, Page, Scan
+
+
+def wire_time(dt: datetime | None) -> str | None:
+    """UTC timestamp as the contract writes it: ISO 8601 without offset, microseconds always present."""
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+class PointOut(msgspec.Struct):
+    x: float
+    y: float
+
+
+class FaceOut(msgspec.Struct):
+    """``<Face>`` of the contract; ``faces_found`` and ``detection_score`` are additions."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    landmark_68: list[PointOut]
+    eye_dist: float
+    face_luminance: float
+    face_occlusion: float
+    face_quality: float
+    left_eye_closed: float
+    right_eye_closed: float
+    mouth_opened: float
+    pitch: float
+    yaw: float
+    roll: float
+    faces_found: int
+    detection_score: float
+
+    @classmethod
+    def of(cls, f: FaceAnalysis) -> FaceOut:
+        return cls(
+            x1=f.x1, y1=f.y1, x2=f.x2, y2=f.y2, landmark_68=[PointOut(p.x, p.y) for p in f.landmark_68],
+            eye_dist=f.eye_dist, face_luminance=f.face_luminance, face_occlusion=f.face_occlusion,
+            face_quality=f.face_quality, left_eye_closed=f.left_eye_closed, right_eye_closed=f.right_eye_closed,
+            mouth_opened=f.mouth_opened, pitch=f.pitch, yaw=f.yaw, roll=f.roll, faces_found=f.faces_found,
+            detection_score=f.detection_score,
+        )
+
+
+class CompareResponse(msgspec.Struct):
+    """Response of ``POST .../compare_face`` (snake_case, exactly the contract's keys)."""
+
+    id: str
+    reference: str
+    channel: str
+    compare_result: str
+    compare_similarity: float
+    created: str
+    face1: FaceOut
+    face2: FaceOut
+
+    @classmethod
+    def of(cls, s: Scan) -> CompareResponse:
+        return cls(id=str(s.id), reference=s.reference, channel=s.sales_channel.value,
+                   compare_result=s.compare_result.value, compare_similarity=s.compare_similarity,
+                   created=wire_time(s.created_date) or "", face1=FaceOut.of(s.face1), face2=FaceOut.of(s.face2))
+
+
+class ScanEntity(msgspec.Struct, rename="camel"):
+    """The stored scan as ``GET /v1/face-recognition/{id}`` returns it (camelCase)."""
+
+    id: str
+    company_id: str
+    created_date: str
+    updated_date: str | None
+    created_by_id: str
+    updated_by_id: str | None
+    elapsed_time: float
+    compare_result: str
+    compare_similarity: float
+    sales_channel: str
+    reference: str
+    face1: FaceOut
+    face2: FaceOut
+
+    @classmethod
+    def of(cls, s: Scan) -> ScanEntity:
+        return cls(id=str(s.id), company_id=s.company_id, created_date=wire_time(s.created_date) or "",
+                   updated_date=wire_time(s.updated_date), created_by_id=s.created_by_id,
+                   updated_by_id=s.updated_by_id, elapsed_time=s.elapsed_time,
+                   compare_result=s.compare_result.value, compare_similarity=s.compare_similarity,
+                   sales_channel=s.sales_channel.value, reference=s.reference,
+                   face1=FaceOut.of(s.face1), face2=FaceOut.of(s.face2))
+
+
+class SortInfo(msgspec.Struct):
+    sorted: bool
+    unsorted: bool
+    empty: bool
+
+
+class ScanPage(msgspec.Struct, rename="camel"):
+    """A Spring Data ``Page`` of scans."""
+
+    content: list[ScanEntity]
+    total_elements: int
+    total_pages: int
+    number: int
+    size: int
+    number_of_elements: int
+    first: bool
+    last: bool
+    empty: bool
+    sort: SortInfo
+
+    @classmethod
+    def of(cls, p: Page) -> ScanPage:
+        pages = math.ceil(p.total / p.size) if p.size else 0
+        return cls(content=[ScanEntity.of(s) for s in p.content], total_elements=p.total, total_pages=pages,
+                   number=p.page, size=p.size, number_of_elements=len(p.content), first=p.page == 0,
+                   last=p.page >= pages - 1, empty=not p.content, sort=SortInfo(True, False, False))
+
+
+class ScanUpdateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
+    """Body of ``PUT /v1/face-recognition/{id}``; every field optional. Server-owned fields are ignored."""
+
+    compare_result: CompareResult | None = None
+    compare_similarity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    sales_channel: Channel | None = None
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details with a stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    field: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    extra: dict[str, Any] | None = None

@@ -1,0 +1,131 @@
+"""Use cases shared by HTTP and gRPC: compare two photos, read, update, list and delete scans (tenancy enforced)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
+from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate
+from server.errors import DeadlineExceeded, InvalidField, InvalidId, NoFace
+from server.inference.decode import DecodeLimits, decode_image
+from server.inference.pipeline import FaceResult
+from server.runtime import CallContext, Runtime, call_context
+
+log = logging.getLogger(__name__)
+
+MAX_REFERENCE = 255
+
+
+def parse_channel(value: str | None) -> Channel:
+    """Channel from the wire; anything but WEB/MOBILE/OTHER is a 400 naming the field."""
+    try:
+        return Channel((value or "").strip().upper())
+    except ValueError:
+        raise InvalidField("channel must be one of WEB, MOBILE, OTHER", field="channel") from None
+
+
+def validate_reference(value: str | None) -> str:
+    """1-255 printable characters (no control characters)."""
+    ref = (value or "").strip()
+    if not 1 <= len(ref) <= MAX_REFERENCE:
+        raise InvalidField(f"reference must be 1-{MAX_REFERENCE} characters", field="reference")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in ref):
+        raise InvalidField("reference must not contain control characters", field="reference")
+    return ref
+
+
+def parse_scan_id(value: str) -> uuid.UUID:
+    """A scan id must be a UUID (400 otherwise)."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidId(f"{value[:64]!r} is not a valid scan id") from None
+
+
+@dataclass(slots=True)
+class ScanService:
+    """The application layer both APIs call; controllers only translate wire formats."""
+
+    runtime: Runtime
+
+    @property
+    def limits(self) -> DecodeLimits:
+        s = self.runtime.settings
+        return DecodeLimits(max_pixels=s.max_image_pixels, min_side=s.min_image_side, max_side=s.max_image_side)
+
+    async def analyze_pair(self, file1: bytes, file2: bytes, *, source: str,
+                           deadline: float | None = None) -> tuple[FaceResult, FaceResult]:
+        """Decode both images off the loop, then analyse them as one batch of two."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.runtime.settings.request_timeout_s
+        token = call_context.set(CallContext(source=source, deadline=deadline))
+        try:
+            async with asyncio.timeout_at(deadline):
+                img1, img2 = await asyncio.gather(
+                    asyncio.to_thread(decode_image, file1, self.limits, field="file1"),
+                    asyncio.to_thread(decode_image, file2, self.limits, field="file2"),
+                )
+                r1, r2 = await self.runtime.pipeline.analyze([img1, img2])
+        except TimeoutError:
+            self.runtime.metrics.requests_rejected.labels(reason="deadline").inc()
+            raise DeadlineExceeded("the request did not complete within its deadline") from None
+        finally:
+            call_context.reset(token)
+        if r1 is None:
+            raise NoFace("no face found in file1", field="file1")
+        if r2 is None:
+            raise NoFace("no face found in file2", field="file2")
+        return r1, r2
+
+    async def compare(self, principal: Principal, *, channel: str | None, reference: str | None,
+                      file1: bytes, file2: bytes, source: str, deadline: float | None = None) -> Scan:
+        """Analyse both photos, compare the faces, store the scan (never the images or embeddings)."""
+        require_role(principal, ROLE_COMPARE)
+        ch = parse_channel(channel)
+        ref = validate_reference(reference)
+        started = time.perf_counter()
+        r1, r2 = await self.analyze_pair(file1, file2, source=source, deadline=deadline)
+        elapsed = time.perf_counter() - started
+        cmp = self.runtime.pipeline.compare(r1, r2)
+        scan = Scan(
+            id=uuid.uuid4(), company_id=principal.company_id, created_date=datetime.now(UTC),
+            created_by_id=principal.user_id, reference=ref, sales_channel=ch, compare_result=cmp.result,
+            compare_similarity=round(cmp.similarity, 6), elapsed_time=round(elapsed, 6),
+            face1=r1.analysis, face2=r2.analysis,
+        )
+        await self.runtime.store.add(scan)
+        self.runtime.metrics.scans.labels(result=cmp.result.value).inc()
+        return scan
+
+    async def get(self, principal: Principal, scan_id: str) -> Scan:
+        require_role(principal, ROLE_READ)
+        return await self.runtime.store.get(principal.company_id, parse_scan_id(scan_id))
+
+    async def update(self, principal: Principal, scan_id: str, change: ScanUpdate) -> Scan:
+        require_role(principal, ROLE_UPDATE)
+        sid = parse_scan_id(scan_id)
+        if change.reference is not None:
+            change = ScanUpdate(change.compare_result, change.compare_similarity, change.sales_channel,
+                                validate_reference(change.reference))
+        if change.compare_similarity is not None and not 0.0 <= change.compare_similarity <= 1.0:
+            raise InvalidField("compareSimilarity must be within 0..1", field="compareSimilarity")
+        return await self.runtime.store.update(principal.company_id, sid, change, principal.user_id,
+                                               datetime.now(UTC))
+
+    async def list(self, principal: Principal, query: ScanQuery) -> Page:
+        require_role(principal, ROLE_READ)
+        return await self.runtime.store.page(principal.company_id, query)
+
+    async def delete(self, principal: Principal, scan_id: str) -> None:
+        require_role(principal, ROLE_DELETE)
+        sid = parse_scan_id(scan_id)
+        await self.runtime.store.delete(principal.company_id, sid)
+        log.info("scan deleted", extra={"scan_id": str(sid), "company_id": principal.company_id,
+                                         "user_id": principal.user_id})
