@@ -66,7 +66,7 @@ class TritonBackend:
     @classmethod
     async def connect(cls, url: str, models: tuple[str, ...] = MODEL_NAMES,
                       timeout_s: float = 30.0) -> TritonBackend:
-        """Open a channel to ``url`` (``host:port``) and read each model's config; Unavailable if unreachable."""
+        """Open a channel to ``url`` (``host:port``) and read each model's config (Unavailable when down)."""
         client = grpcclient.InferenceServerClient(url)
         try:
             meta = await client.get_server_metadata(as_json=True, client_timeout=timeout_s)

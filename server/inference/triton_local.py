@@ -1,4 +1,4 @@
-"""A local CPU Triton server (pytriton's bundled binary, Python backend running onnxruntime) for tests/benches."""
+"""A local CPU Triton server (pytriton's bundled binary; Python backend running onnxruntime) for tests."""
 
 from __future__ import annotations
 
@@ -191,7 +191,8 @@ class LocalTriton:
     """
 
     def __init__(self, repository: Path, *, models: tuple[str, ...] = MODEL_NAMES,
-                 max_queue_delay_us: int = 2000, intra_op_threads: int = 0, start_timeout_s: float = 60.0) -> None:
+                 max_queue_delay_us: int = 2000, intra_op_threads: int = 0,
+                 start_timeout_s: float = 60.0) -> None:
         self.repository = repository
         self.models = models
         self.max_queue_delay_us = max_queue_delay_us
@@ -229,7 +230,8 @@ class LocalTriton:
         self._tmp = tempfile.TemporaryDirectory(prefix="facerec-triton-")
         work = Path(self._tmp.name)
         repo, backends = work / "models", work / "backends"
-        build_python_repository(self.repository, repo, models=self.models, max_queue_delay_us=self.max_queue_delay_us,
+        build_python_repository(self.repository, repo, models=self.models,
+                                max_queue_delay_us=self.max_queue_delay_us,
                                 intra_op_threads=self.intra_op_threads)
         # The Python backend looks for its stub beside libtriton_python.so; pytriton ships the stubs apart.
         shutil.copytree(binary.backend_dir, backends / "python")

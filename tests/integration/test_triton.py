@@ -24,8 +24,12 @@ pytestmark = pytest.mark.triton
 REPO = PROJECT_ROOT / "model_repository"
 FACES = Path("/work/shared/faces")
 PAIR = ("obama_01_portrait_2012.jpg", "biden_01_blueroom_2010.jpg")
-# Random inputs per model at the scale each model expects (detector BGR 0..255 at 320x320, mesh 0..1, SFace 0..255).
-SHAPES = {"detector": ((3, 320, 320), 255.0), "landmarker": ((3, 192, 192), 1.0), "embedder": ((3, 112, 112), 255.0)}
+# Random inputs at the scale each model expects (detector BGR 0..255 at 320x320, mesh 0..1, SFace 0..255).
+SHAPES = {
+    "detector": ((3, 320, 320), 255.0),
+    "landmarker": ((3, 192, 192), 1.0),
+    "embedder": ((3, 112, 112), 255.0),
+}
 
 
 def _require_models() -> None:
@@ -149,15 +153,15 @@ async def test_killed_server_is_unavailable() -> None:
 
 
 async def test_connect_to_nothing_is_unavailable() -> None:
-    from server.inference.triton_local import free_port  # noqa: PLC0415
+    from server.inference.triton_local import free_port
 
     with pytest.raises(Unavailable):
         await TritonBackend.connect(f"127.0.0.1:{free_port()}", timeout_s=2.0)
 
 
 async def test_runtime_selects_triton_from_env(triton: LocalTriton, tmp_path: Path) -> None:
-    from server.runtime import Runtime  # noqa: PLC0415
-    from server.settings import Settings  # noqa: PLC0415
+    from server.runtime import Runtime
+    from server.settings import Settings
 
     settings = Settings.from_env({"FACEREC_BACKEND": "triton", "FACEREC_TRITON_URL": triton.grpc_url,
                                   "FACEREC_DATA_DIR": str(tmp_path), "FACEREC_MAX_WAIT_MS": "0"})

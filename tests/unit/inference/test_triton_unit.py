@@ -50,7 +50,7 @@ def test_build_repository_writes_config_and_model(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "landmarker" / "1").mkdir(parents=True)
     (src / "landmarker" / "1" / "model.onnx").write_bytes(b"onnx")
-    from server.inference.backend import render_config  # noqa: PLC0415
+    from server.inference.backend import render_config
 
     (src / "landmarker" / "config.pbtxt").write_text(render_config(SPEC))
     build_python_repository(src, tmp_path / "out", models=("landmarker",))
