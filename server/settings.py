@@ -82,6 +82,26 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     shutdown_grace_s: float = 20.0
 
+    def __post_init__(self) -> None:
+        # Fail at start-up with the variable's name rather than deep inside a request.
+        checks = [
+            (self.backend in ("onnxruntime", "triton"), "FACEREC_BACKEND must be onnxruntime or triton"),
+            (self.device in ("auto", "cpu", "cuda"), "FACEREC_DEVICE must be auto, cpu or cuda"),
+            (self.detector_size >= 64 and self.detector_size % 32 == 0,
+             "FACEREC_DETECTOR_SIZE must be a multiple of 32, at least 64"),
+            (0.0 <= self.threshold <= 1.0, "FACEREC_THRESHOLD must be within 0..1"),
+            (self.max_batch_size >= 1, "FACEREC_MAX_BATCH_SIZE must be >= 1"),
+            (self.max_wait_ms >= 0, "FACEREC_MAX_WAIT_MS must be >= 0"),
+            (self.max_queue >= 1, "FACEREC_MAX_QUEUE must be >= 1"),
+            (self.max_file_bytes >= 1 and self.max_request_bytes >= self.max_file_bytes,
+             "FACEREC_MAX_REQUEST_BYTES must be >= FACEREC_MAX_FILE_BYTES >= 1"),
+            (self.request_timeout_s > 0, "FACEREC_REQUEST_TIMEOUT_S must be > 0"),
+            (self.retention_days is None or self.retention_days >= 1, "FACEREC_RETENTION_DAYS must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
     @property
     def sqlite_path(self) -> Path:
         """The SQLite file used when no database URL is configured."""

@@ -1,0 +1,285 @@
+"""The FaceRecognition gRPC servicer: metadata token -> Principal, ScanService call, errors -> status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
+from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
+from server.api.schemas import wire_time
+from server.auth import parse_authorization_header
+from server.domain import Channel, CompareResult, FaceAnalysis, Page, Principal, Scan, ScanQuery, ScanUpdate
+from server.errors import (
+    DeadlineExceeded,
+    FacerecError,
+    InvalidField,
+    MissingField,
+    PayloadTooLarge,
+    Unauthorized,
+    grpc_status,
+)
+from server.runtime import Runtime
+from server.service import ScanService
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVICE_NAME = "facerec.v1.FaceRecognition"
+ERROR_CODE_KEY = "facerec-error-code"
+ERROR_FIELD_KEY = "facerec-error-field"
+RETRY_AFTER_KEY = "facerec-retry-after-ms"
+SOURCE = "grpc"  # the transport label the batcher's mixed-batch metrics count
+DEFAULT_SORT = (("createdDate", True),)
+DEFAULT_PAGE_SIZE = 20
+
+
+# --------------------------------------------------------------------------- domain -> wire
+
+
+def face_message(f: FaceAnalysis) -> pb.Face:
+    """``<Face>`` as a message (same fields as the HTTP ``FaceOut``)."""
+    return pb.Face(
+        x1=f.x1, y1=f.y1, x2=f.x2, y2=f.y2, landmark_68=[pb.Point(x=p.x, y=p.y) for p in f.landmark_68],
+        eye_dist=f.eye_dist, face_luminance=f.face_luminance, face_occlusion=f.face_occlusion,
+        face_quality=f.face_quality, left_eye_closed=f.left_eye_closed, right_eye_closed=f.right_eye_closed,
+        mouth_opened=f.mouth_opened, pitch=f.pitch, yaw=f.yaw, roll=f.roll, faces_found=f.faces_found,
+        detection_score=f.detection_score,
+    )
+
+
+def compare_message(s: Scan) -> pb.CompareFacesResponse:
+    """The compare response (same fields as the HTTP ``CompareResponse``)."""
+    return pb.CompareFacesResponse(
+        id=str(s.id), reference=s.reference, channel=s.sales_channel.value, compare_result=s.compare_result.value,
+        compare_similarity=s.compare_similarity, created=wire_time(s.created_date) or "",
+        face1=face_message(s.face1), face2=face_message(s.face2),
+    )
+
+
+def scan_message(s: Scan) -> pb.Scan:
+    """The scan entity (same fields as the HTTP ``ScanEntity``); unset optionals stay absent."""
+    return pb.Scan(
+        id=str(s.id), company_id=s.company_id, created_date=wire_time(s.created_date) or "",
+        updated_date=wire_time(s.updated_date), created_by_id=s.created_by_id, updated_by_id=s.updated_by_id,
+        elapsed_time=s.elapsed_time, compare_result=s.compare_result.value,
+        compare_similarity=s.compare_similarity, sales_channel=s.sales_channel.value, reference=s.reference,
+        face1=face_message(s.face1), face2=face_message(s.face2),
+    )
+
+
+def page_message(p: Page) -> pb.ListScansResponse:
+    """A Spring Data page (same arithmetic as the HTTP ``ScanPage``)."""
+    pages = math.ceil(p.total / p.size) if p.size else 0
+    return pb.ListScansResponse(
+        content=[scan_message(s) for s in p.content], total_elements=p.total, total_pages=pages, number=p.page,
+        size=p.size, number_of_elements=len(p.content), first=p.page == 0, last=p.page >= pages - 1,
+        empty=not p.content, sort=pb.PageSort(sorted=True, unsorted=False, empty=False),
+    )
+
+
+# --------------------------------------------------------------------------- wire -> domain
+
+
+def parse_sort(entries: list[str]) -> tuple[tuple[str, bool], ...]:
+    """Spring ``field,dir`` entries to ``(field, descending)``; the store checks the field names."""
+    if not entries:
+        return DEFAULT_SORT
+    out = []
+    for entry in entries:
+        name, _, direction = entry.partition(",")
+        direction = direction.strip().lower() or "asc"
+        if direction not in ("asc", "desc"):
+            raise InvalidField(f"sort direction must be asc or desc, not {direction[:16]!r}", field="sort")
+        out.append((name.strip(), direction == "desc"))
+    return tuple(out)
+
+
+def parse_time(value: str, field: str) -> datetime:
+    """An ISO 8601 filter bound; without an offset it is UTC, the zone every API timestamp is written in."""
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidField(f"{field} must be an ISO 8601 timestamp", field=field) from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def parse_channel_filter(value: str, field: str) -> Channel:
+    try:
+        return Channel(value.strip().upper())
+    except ValueError:
+        raise InvalidField(f"{field} must be one of WEB, MOBILE, OTHER", field=field) from None
+
+
+def parse_result(value: str, field: str) -> CompareResult:
+    try:
+        return CompareResult(value)
+    except ValueError:
+        raise InvalidField(f"{field} must be 'Same person' or 'Different person'", field=field) from None
+
+
+def scan_query(req: pb.ListScansRequest) -> ScanQuery:
+    """The list request as a domain query (paging bounds are the store's to check, as over HTTP)."""
+    return ScanQuery(
+        page=req.page,
+        size=req.size if req.HasField("size") else DEFAULT_PAGE_SIZE,
+        sort=parse_sort(list(req.sort)),
+        reference=req.reference if req.HasField("reference") else None,
+        sales_channel=parse_channel_filter(req.sales_channel, "salesChannel")
+        if req.HasField("sales_channel") else None,
+        compare_result=parse_result(req.compare_result, "compareResult")
+        if req.HasField("compare_result") else None,
+        created_from=parse_time(req.created_from, "createdFrom") if req.HasField("created_from") else None,
+        created_to=parse_time(req.created_to, "createdTo") if req.HasField("created_to") else None,
+    )
+
+
+def scan_update(req: pb.UpdateScanRequest) -> ScanUpdate:
+    """Present optional fields become changes; field names in errors are the HTTP body's."""
+    return ScanUpdate(
+        compare_result=parse_result(req.compare_result, "compareResult")
+        if req.HasField("compare_result") else None,
+        compare_similarity=req.compare_similarity if req.HasField("compare_similarity") else None,
+        sales_channel=parse_channel_filter(req.sales_channel, "salesChannel")
+        if req.HasField("sales_channel") else None,
+        reference=req.reference if req.HasField("reference") else None,
+    )
+
+
+def error_metadata(err: FacerecError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata carrying the stable error code (and the offending field) next to the status."""
+    items = [(ERROR_CODE_KEY, err.code)]
+    if err.field:
+        items.append((ERROR_FIELD_KEY, err.field))
+    retry_after_ms = getattr(err, "retry_after_ms", None)
+    if retry_after_ms is not None:
+        # The gRPC counterpart of Retry-After for RESOURCE_EXHAUSTED / UNAVAILABLE.
+        items.append((RETRY_AFTER_KEY, str(retry_after_ms)))
+    return tuple(items)
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    values = [v for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
+    if len(values) > 1:
+        raise Unauthorized("more than one authorization entry")
+    value = values[0] if values else None
+    # Binary (-bin) metadata would arrive as bytes; a bearer token is always text.
+    return parse_authorization_header(value if isinstance(value, str) else None)
+
+
+# --------------------------------------------------------------------------- servicer
+
+
+class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
+    """Translates messages to ScanService calls and back; validation and tenancy live in the service."""
+
+    def __init__(self, runtime: Runtime, service: ScanService) -> None:
+        self._runtime = runtime
+        self._service = service
+
+    async def CompareFaces(
+        self, request: pb.CompareFacesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CompareFacesResponse:
+        async def call(principal: Principal) -> pb.CompareFacesResponse:
+            self._check_files(request)
+            scan = await self._service.compare(
+                principal, channel=request.channel, reference=request.reference, file1=request.file1,
+                file2=request.file2, source=SOURCE, deadline=self._deadline(context),
+            )
+            return compare_message(scan)
+
+        return await self._run("CompareFaces", context, call)
+
+    async def GetScan(
+        self, request: pb.GetScanRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Scan:
+        async def call(principal: Principal) -> pb.Scan:
+            return scan_message(await self._service.get(principal, request.id))
+
+        return await self._run("GetScan", context, call)
+
+    async def ListScans(
+        self, request: pb.ListScansRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListScansResponse:
+        async def call(principal: Principal) -> pb.ListScansResponse:
+            return page_message(await self._service.list(principal, scan_query(request)))
+
+        return await self._run("ListScans", context, call)
+
+    async def UpdateScan(
+        self, request: pb.UpdateScanRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Scan:
+        async def call(principal: Principal) -> pb.Scan:
+            return scan_message(await self._service.update(principal, request.id, scan_update(request)))
+
+        return await self._run("UpdateScan", context, call)
+
+    async def DeleteScan(
+        self, request: pb.DeleteScanRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteScanResponse:
+        async def call(principal: Principal) -> pb.DeleteScanResponse:
+            await self._service.delete(principal, request.id)
+            return pb.DeleteScanResponse()
+
+        return await self._run("DeleteScan", context, call)
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def _check_files(self, request: pb.CompareFacesRequest) -> None:
+        # proto3 cannot tell an absent bytes field from an empty one: both are the HTTP "missing file" case.
+        limit = self._runtime.settings.max_file_bytes
+        for name, data in (("file1", request.file1), ("file2", request.file2)):
+            if not data:
+                raise MissingField(f"{name} is required", field=name)
+            if len(data) > limit:
+                raise PayloadTooLarge(f"{name} is larger than {limit} bytes", field=name)
+
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        """The client's deadline as an absolute ``loop.time()``, capped by the server's request timeout."""
+        budget = self._runtime.settings.request_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            if remaining <= 0:
+                raise DeadlineExceeded("the request deadline expired before work started")
+            budget = min(budget, remaining)
+        return asyncio.get_running_loop().time() + budget
+
+    async def _run(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: Callable[[Principal], Awaitable[T]],
+    ) -> T:
+        started = time.perf_counter()
+        status = grpc.StatusCode.OK
+        try:
+            try:
+                principal = await self._runtime.verifier.verify(_bearer(context))
+                return await call(principal)
+            except FacerecError as err:
+                failure = err
+            except asyncio.CancelledError:
+                # The client left (or its deadline passed): grpc cancels this task; nothing to answer.
+                status = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                # grpc's default answer to an unhandled exception puts its type and message in the status
+                # details; the transport boundary must answer like HTTP's 500 instead: no internals.
+                log.exception("gRPC %s failed", method)
+                failure = FacerecError("internal error")
+            status = grpc_status(failure)
+            # abort() raises, so it sits outside the handlers above (which would otherwise catch it).
+            await context.abort(status, failure.detail, trailing_metadata=error_metadata(failure))
+            raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+        finally:
+            self._runtime.metrics.grpc_request_duration.labels(method=method, code=status.name).observe(
+                time.perf_counter() - started
+            )

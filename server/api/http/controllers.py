@@ -1,0 +1,102 @@
+"""HTTP controllers: translate the wire format to ScanService calls and back; no validation or tenancy here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.params import Parameter
+
+from server.api.http.forms import read_compare_form
+from server.api.http.openapi import (
+    COMPARE_RESPONSES,
+    ENTITY_RESPONSES,
+    LIST_RESPONSES,
+    CompareFormOperation,
+)
+from server.api.http.query import build_query
+from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdateIn
+from server.domain import Principal, ScanUpdate
+from server.service import ScanService
+
+COMPARE_PATHS = ["/face-recognition-sdk/v1/compare_face", "/v1/compare_face"]
+
+
+class CompareController(Controller):
+    """``POST .../compare_face``: compare the faces of two photos and store the scan."""
+
+    tags = ["compare"]
+
+    @post(COMPARE_PATHS, status_code=200, responses=COMPARE_RESPONSES, operation_class=CompareFormOperation,
+          summary="Compare the faces in two images", description="Needs role `face:compare`. Content types of the "
+          "files are not trusted: decoding decides whether a file is a supported image.")
+    async def compare_face(self, request: Request[Any, Any, Any], principal: Principal,
+                           service: ScanService) -> CompareResponse:
+        s = service.runtime.settings
+        form = await read_compare_form(request, max_file_bytes=s.max_file_bytes,
+                                       max_request_bytes=s.max_request_bytes)
+        scan = await service.compare(principal, channel=form.channel, reference=form.reference,
+                                     file1=form.file1, file2=form.file2, source="http")
+        return CompareResponse.of(scan)
+
+
+class ScanController(Controller):
+    """Read, update, list and delete the caller's company's scans (camelCase entity)."""
+
+    path = "/v1/face-recognition"
+    tags = ["scans"]
+
+    @get("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Get a scan (role `face:read`)")
+    async def get_scan(self, scan_id: str, principal: Principal, service: ScanService) -> ScanEntity:
+        return ScanEntity.of(await service.get(principal, scan_id))
+
+    @put("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Update a scan (role `face:update`)",
+         description="Only compareResult, compareSimilarity, salesChannel and reference change; server-owned "
+         "fields (id, companyId, createdDate, createdById, ...) in the body are ignored.")
+    async def update_scan(self, scan_id: str, data: ScanUpdateIn, principal: Principal,
+                          service: ScanService) -> ScanEntity:
+        change = ScanUpdate(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
+                            sales_channel=data.sales_channel, reference=data.reference)
+        return ScanEntity.of(await service.update(principal, scan_id, change))
+
+    @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)")
+    async def list_scans(
+        self, principal: Principal, service: ScanService,
+        page: Annotated[int, Parameter(description="0-based page number")] = 0,
+        size: Annotated[int, Parameter(description="page size, 1..200")] = 20,
+        sort: Annotated[list[str] | None, Parameter(description="`field[,asc|desc]`, repeatable")] = None,
+        reference: str | None = None,
+        sales_channel: Annotated[str | None, Parameter(query="salesChannel")] = None,
+        compare_result: Annotated[str | None, Parameter(query="compareResult")] = None,
+        created_from: Annotated[str | None, Parameter(query="createdFrom", description="ISO 8601, UTC")] = None,
+        created_to: Annotated[str | None, Parameter(query="createdTo", description="ISO 8601, UTC")] = None,
+    ) -> ScanPage:
+        query = build_query(page=page, size=size, sort=sort, reference=reference, sales_channel=sales_channel,
+                            compare_result=compare_result, created_from=created_from, created_to=created_to)
+        return ScanPage.of(await service.list(principal, query))
+
+    @delete("/{scan_id:str}", summary="Delete a scan (role `face:delete`)")
+    async def delete_scan(self, scan_id: str, principal: Principal, service: ScanService) -> None:
+        await service.delete(principal, scan_id)
+
+
+class HealthController(Controller):
+    """Liveness, readiness and Prometheus metrics; no authentication (keep them off the public ingress)."""
+
+    tags = ["operations"]
+
+    @get("/health/live", summary="The process is running")
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/health/ready", summary="Models loaded and the store answering (503 otherwise)")
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        components = await request.app.state.runtime.readiness()
+        ok = all(components.values())
+        return Response({"status": "ok" if ok else "unavailable", "components": components},
+                        status_code=200 if ok else 503)
+
+    @get("/metrics", summary="Prometheus exposition", media_type="text/plain")
+    async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        body, content_type = request.app.state.runtime.metrics.render()
+        return Response(body, media_type=content_type)

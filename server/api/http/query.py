@@ -1,0 +1,64 @@
+"""Query parameters of the list route (Spring-style ``page``/``size``/``sort`` plus filters) -> ScanQuery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from server.domain import SORTABLE_FIELDS, Channel, CompareResult, ScanQuery
+from server.errors import InvalidField
+
+MAX_PAGE_SIZE = 200
+
+
+def parse_sort(values: list[str] | None) -> tuple[tuple[str, bool], ...]:
+    """``field[,asc|desc]`` items (direction defaults to asc) -> ``((field, descending), ...)``."""
+    if not values:
+        return ScanQuery().sort
+    out: list[tuple[str, bool]] = []
+    for raw in values:
+        parts = [p.strip() for p in raw.split(",")]
+        field, direction = parts[0], (parts[1].lower() if len(parts) > 1 else "asc")
+        if len(parts) > 2 or field not in SORTABLE_FIELDS or direction not in ("asc", "desc"):
+            raise InvalidField(f"sort must be one of {', '.join(SORTABLE_FIELDS)} optionally followed by "
+                               ",asc or ,desc", field="sort")
+        if all(field != f for f, _ in out):  # a repeated field adds nothing: the first mention decides
+            out.append((field, direction == "desc"))
+    return tuple(out)
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    """ISO 8601 date or date-time; one without an offset is taken as UTC (the API's timestamps are UTC)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidField(f"{field} must be an ISO 8601 date or date-time", field=field) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def build_query(*, page: int, size: int, sort: list[str] | None, reference: str | None,
+                sales_channel: str | None, compare_result: str | None, created_from: str | None,
+                created_to: str | None) -> ScanQuery:
+    """Validate the list parameters (400 ``invalid_field`` naming the parameter) into a :class:`ScanQuery`."""
+    if page < 0:
+        raise InvalidField("page must be >= 0", field="page")
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidField(f"size must be within 1..{MAX_PAGE_SIZE}", field="size")
+    channel = None
+    if sales_channel:
+        try:
+            channel = Channel(sales_channel.strip().upper())
+        except ValueError:
+            raise InvalidField("salesChannel must be one of WEB, MOBILE, OTHER", field="salesChannel") from None
+    result = None
+    if compare_result:
+        by_value = {r.value.lower(): r for r in CompareResult}
+        result = by_value.get(compare_result.strip().lower())
+        if result is None:
+            raise InvalidField("compareResult must be 'Same person' or 'Different person'", field="compareResult")
+    start, end = parse_time(created_from, "createdFrom"), parse_time(created_to, "createdTo")
+    if start and end and start > end:
+        raise InvalidField("createdFrom must not be after createdTo", field="createdFrom")
+    return ScanQuery(page=page, size=size, sort=parse_sort(sort), reference=reference or None,
+                     sales_channel=channel, compare_result=result, created_from=start, created_to=end)
