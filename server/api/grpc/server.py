@@ -1,4 +1,4 @@
-"""Starts the grpc.aio server: FaceRecognition servicer, standard health checking (fed by readiness) and reflection."""
+"""Starts the grpc.aio server: FaceRecognition servicer, health checking (fed by readiness), reflection."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from server.service import ScanService
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
-# Protobuf framing around the two image fields is a few bytes; this keeps a request at the HTTP body limit legal.
+# Protobuf framing around the two images is a few bytes; with this, a request at the HTTP body limit is legal.
 MESSAGE_HEADROOM = 64 * 1024
 # Responses are JSON-sized (a page of scans, each with 2 x 68 landmarks): far below this.
 MAX_SEND_BYTES = 32 * 1024 * 1024
@@ -81,7 +81,12 @@ def _address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    runtime: Runtime, service: ScanService, host: str, port: int, *, health_refresh_s: float = HEALTH_REFRESH_S
+    runtime: Runtime,
+    service: ScanService,
+    host: str,
+    port: int,
+    *,
+    health_refresh_s: float = HEALTH_REFRESH_S,
 ) -> GrpcServer:
     """Serve FaceRecognition, health and reflection on ``host:port`` (port 0 binds an ephemeral port).
 
@@ -92,7 +97,7 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", runtime.settings.max_request_bytes + MESSAGE_HEADROOM),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
-            # grpc enables SO_REUSEPORT by default, which would let a second process share a busy port silently.
+            # grpc enables SO_REUSEPORT by default: a second process could then share a busy port silently.
             ("grpc.so_reuseport", 0),
         ]
     )

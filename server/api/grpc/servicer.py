@@ -1,4 +1,4 @@
-"""The FaceRecognition gRPC servicer: metadata token -> Principal, ScanService call, errors -> status codes."""
+"""The FaceRecognition gRPC servicer: metadata token -> Principal -> ScanService; errors -> status codes."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ def face_message(f: FaceAnalysis) -> pb.Face:
 def compare_message(s: Scan) -> pb.CompareFacesResponse:
     """The compare response (same fields as the HTTP ``CompareResponse``)."""
     return pb.CompareFacesResponse(
-        id=str(s.id), reference=s.reference, channel=s.sales_channel.value, compare_result=s.compare_result.value,
-        compare_similarity=s.compare_similarity, created=wire_time(s.created_date) or "",
+        id=str(s.id), reference=s.reference, channel=s.sales_channel.value,
+        compare_result=s.compare_result.value, compare_similarity=s.compare_similarity,
+        created=wire_time(s.created_date) or "",
         face1=face_message(s.face1), face2=face_message(s.face2),
     )
 
@@ -80,9 +81,10 @@ def page_message(p: Page) -> pb.ListScansResponse:
     """A Spring Data page (same arithmetic as the HTTP ``ScanPage``)."""
     pages = math.ceil(p.total / p.size) if p.size else 0
     return pb.ListScansResponse(
-        content=[scan_message(s) for s in p.content], total_elements=p.total, total_pages=pages, number=p.page,
-        size=p.size, number_of_elements=len(p.content), first=p.page == 0, last=p.page >= pages - 1,
-        empty=not p.content, sort=pb.PageSort(sorted=True, unsorted=False, empty=False),
+        content=[scan_message(s) for s in p.content], total_elements=p.total, total_pages=pages,
+        number=p.page, size=p.size, number_of_elements=len(p.content), first=p.page == 0,
+        last=p.page >= pages - 1, empty=not p.content,
+        sort=pb.PageSort(sorted=True, unsorted=False, empty=False),
     )
 
 

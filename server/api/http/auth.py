@@ -24,6 +24,6 @@ async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
 
 
 def provide_service(state: State) -> ScanService:
-    """The app's one :class:`ScanService` (set by the lifespan, or by ``create_app`` for a caller's runtime)."""
+    """The app's one :class:`ScanService` (set by the lifespan, or by ``create_app`` with a runtime)."""
     service: ScanService = state.service
     return service

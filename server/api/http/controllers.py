@@ -1,4 +1,4 @@
-"""HTTP controllers: translate the wire format to ScanService calls and back; no validation or tenancy here."""
+"""HTTP controllers: translate the wire format to ScanService calls and back; nothing else."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from litestar.params import Parameter
 from server.api.http.forms import read_compare_form
 from server.api.http.openapi import (
     COMPARE_RESPONSES,
+    DELETE_RESPONSES,
     ENTITY_RESPONSES,
     LIST_RESPONSES,
     CompareFormOperation,
@@ -19,17 +20,19 @@ from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdate
 from server.domain import Principal, ScanUpdate
 from server.service import ScanService
 
+ISO_UTC = "ISO 8601 date or date-time; UTC when no offset is given"
 COMPARE_PATHS = ["/face-recognition-sdk/v1/compare_face", "/v1/compare_face"]
 
 
 class CompareController(Controller):
     """``POST .../compare_face``: compare the faces of two photos and store the scan."""
 
-    tags = ["compare"]
+    tags = ("compare",)
 
     @post(COMPARE_PATHS, status_code=200, responses=COMPARE_RESPONSES, operation_class=CompareFormOperation,
-          summary="Compare the faces in two images", description="Needs role `face:compare`. Content types of the "
-          "files are not trusted: decoding decides whether a file is a supported image.")
+          summary="Compare the faces in two images",
+          description="Needs role `face:compare`. Content types of the files are not trusted: decoding "
+          "decides whether a file is a supported image.")
     async def compare_face(self, request: Request[Any, Any, Any], principal: Principal,
                            service: ScanService) -> CompareResponse:
         s = service.runtime.settings
@@ -44,7 +47,7 @@ class ScanController(Controller):
     """Read, update, list and delete the caller's company's scans (camelCase entity)."""
 
     path = "/v1/face-recognition"
-    tags = ["scans"]
+    tags = ("scans",)
 
     @get("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Get a scan (role `face:read`)")
     async def get_scan(self, scan_id: str, principal: Principal, service: ScanService) -> ScanEntity:
@@ -61,21 +64,21 @@ class ScanController(Controller):
 
     @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)")
     async def list_scans(
-        self, principal: Principal, service: ScanService,
+        self, *, principal: Principal, service: ScanService,
         page: Annotated[int, Parameter(description="0-based page number")] = 0,
         size: Annotated[int, Parameter(description="page size, 1..200")] = 20,
         sort: Annotated[list[str] | None, Parameter(description="`field[,asc|desc]`, repeatable")] = None,
         reference: str | None = None,
         sales_channel: Annotated[str | None, Parameter(query="salesChannel")] = None,
         compare_result: Annotated[str | None, Parameter(query="compareResult")] = None,
-        created_from: Annotated[str | None, Parameter(query="createdFrom", description="ISO 8601, UTC")] = None,
-        created_to: Annotated[str | None, Parameter(query="createdTo", description="ISO 8601, UTC")] = None,
+        created_from: Annotated[str | None, Parameter(query="createdFrom", description=ISO_UTC)] = None,
+        created_to: Annotated[str | None, Parameter(query="createdTo", description=ISO_UTC)] = None,
     ) -> ScanPage:
         query = build_query(page=page, size=size, sort=sort, reference=reference, sales_channel=sales_channel,
                             compare_result=compare_result, created_from=created_from, created_to=created_to)
         return ScanPage.of(await service.list(principal, query))
 
-    @delete("/{scan_id:str}", summary="Delete a scan (role `face:delete`)")
+    @delete("/{scan_id:str}", responses=DELETE_RESPONSES, summary="Delete a scan (role `face:delete`)")
     async def delete_scan(self, scan_id: str, principal: Principal, service: ScanService) -> None:
         await service.delete(principal, scan_id)
 
@@ -83,7 +86,7 @@ class ScanController(Controller):
 class HealthController(Controller):
     """Liveness, readiness and Prometheus metrics; no authentication (keep them off the public ingress)."""
 
-    tags = ["operations"]
+    tags = ("operations",)
 
     @get("/health/live", summary="The process is running")
     async def live(self) -> dict[str, str]:

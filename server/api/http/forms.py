@@ -1,4 +1,4 @@
-"""Streaming reader of the compare form: exactly channel, file1, file2 and reference, with per-file size limits."""
+"""Streaming reader of the compare form (channel, file1, file2, reference) enforcing per-file size limits."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ async def read_compare_form(request: Request[Any, Any, Any], *, max_file_bytes: 
                         buf = bytearray()
                     elif event:
                         if name in FILE_FIELDS and len(buf) + len(event) > max_file_bytes:
-                            raise PayloadTooLarge(f"{name} is over the {max_file_bytes} byte limit", field=name)
+                            raise PayloadTooLarge(f"{name} is over the {max_file_bytes} byte limit",
+                                                  field=name)
                         if name in TEXT_FIELDS and len(buf) + len(event) > MAX_TEXT_BYTES:
                             raise InvalidField(f"{name} is too long", field=name)
                         if name in REQUIRED_FIELDS:

@@ -1,4 +1,4 @@
-"""Per-request context: the X-Request-ID header (echoed and put in log records) and the request-latency metric."""
+"""Per-request context: the X-Request-ID header (echoed, and put in log records) and the latency metric."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class RequestIdLogFilter(logging.Filter):
 
 
 class RequestContextMiddleware(ASGIMiddleware):
-    """Sets the request id for the handler and its logs, echoes it, and times the request by route template."""
+    """Sets the request id for the handler and its logs, echoes it, times the request by route template."""
 
     scopes = (ScopeType.HTTP,)
 

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Example, OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
 
 from server.api.http.problems import PROBLEM_MEDIA_TYPE
 from server.api.schemas import CompareResponse, Problem, ScanEntity
@@ -30,7 +38,8 @@ ENTITY_EXAMPLE: dict[str, Any] = {
     "face1": _FACE, "face2": _FACE,
 }
 _PROBLEM_EXAMPLE: dict[str, Any] = {
-    "type": "https://facerec.dev/problems/no_face", "title": "No face found", "status": 422, "code": "no_face",
+    "type": "https://facerec.dev/problems/no_face", "title": "No face found", "status": 422,
+    "code": "no_face",
     "detail": "no face found in file2", "field": "file2", "instance": "/v1/compare_face",
     "request_id": "5f0c8e1d2b7a4c3e9f1a2b3c4d5e6f70",
 }
@@ -39,7 +48,8 @@ _PROBLEM_EXAMPLE: dict[str, Any] = {
 def problem(description: str) -> ResponseSpec:
     """An error response documented as problem+json."""
     return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE,
-                        generate_examples=False, examples=[Example(summary="problem", value=_PROBLEM_EXAMPLE)])
+                        generate_examples=False,
+                        examples=[Example(summary="problem", value=_PROBLEM_EXAMPLE)])
 
 
 COMMON_ERRORS: dict[int, ResponseSpec] = {
@@ -49,7 +59,8 @@ COMMON_ERRORS: dict[int, ResponseSpec] = {
 }
 COMPARE_RESPONSES: dict[int, ResponseSpec] = {
     200: ResponseSpec(data_container=CompareResponse, description="The stored scan (snake_case)",
-                      generate_examples=False, examples=[Example(summary="same person", value=COMPARE_EXAMPLE)]),
+                      generate_examples=False,
+                      examples=[Example(summary="same person", value=COMPARE_EXAMPLE)]),
     **COMMON_ERRORS,
     413: problem("A file or the whole request is over its size limit"),
     415: problem("A file is not a supported image (JPEG, PNG, WebP, BMP)"),
@@ -64,11 +75,12 @@ ENTITY_RESPONSES: dict[int, ResponseSpec] = {
     404: problem("Unknown id, or another company's scan"),
 }
 LIST_RESPONSES: dict[int, ResponseSpec] = dict(COMMON_ERRORS)
+DELETE_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 404: ENTITY_RESPONSES[404]}
 
 
 @dataclass
 class CompareFormOperation(Operation):
-    """The compare form is parsed by hand (to enforce limits while streaming), so its body is described here."""
+    """The compare form is parsed by hand (limits apply while streaming), so its body is described here."""
 
     def __post_init__(self) -> None:
         image = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
@@ -81,4 +93,5 @@ class CompareFormOperation(Operation):
                                     description="caller's own key for the scan"),
             },
         )
-        self.request_body = RequestBody(required=True, content={"multipart/form-data": OpenAPIMediaType(schema)})
+        self.request_body = RequestBody(required=True,
+                                        content={"multipart/form-data": OpenAPIMediaType(schema)})

@@ -50,13 +50,15 @@ def build_query(*, page: int, size: int, sort: list[str] | None, reference: str 
         try:
             channel = Channel(sales_channel.strip().upper())
         except ValueError:
-            raise InvalidField("salesChannel must be one of WEB, MOBILE, OTHER", field="salesChannel") from None
+            raise InvalidField("salesChannel must be one of WEB, MOBILE, OTHER",
+                               field="salesChannel") from None
     result = None
     if compare_result:
         by_value = {r.value.lower(): r for r in CompareResult}
         result = by_value.get(compare_result.strip().lower())
         if result is None:
-            raise InvalidField("compareResult must be 'Same person' or 'Different person'", field="compareResult")
+            raise InvalidField("compareResult must be 'Same person' or 'Different person'",
+                               field="compareResult")
     start, end = parse_time(created_from, "createdFrom"), parse_time(created_to, "createdTo")
     if start and end and start > end:
         raise InvalidField("createdFrom must not be after createdTo", field="createdFrom")

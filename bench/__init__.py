@@ -1,0 +1,1 @@
+"""facerec benchmarks: throughput, latency and accuracy tools (not tests)."""

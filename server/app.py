@@ -1,0 +1,110 @@
+"""The Litestar application factory; its lifespan owns the Runtime (and the gRPC server, when asked)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from server.api.http import (
+    EXCEPTION_HANDLERS,
+    ROUTE_HANDLERS,
+    RequestContextMiddleware,
+    provide_principal,
+    provide_service,
+)
+from server.errors import FacerecError
+from server.runtime import Runtime
+from server.service import ScanService
+from server.settings import Settings
+from server.store import ScanStore
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 3600.0
+
+
+async def purge_forever(store: ScanStore, days: int, interval_s: float = RETENTION_INTERVAL_S) -> None:
+    """Delete scans older than ``days`` now and every ``interval_s``; a failed round waits for the next."""
+    while True:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            removed = await store.purge_older_than(cutoff)
+        except FacerecError as exc:  # e.g. database unreachable: retention is not worth crashing the server
+            log.warning("retention purge failed: %s", exc.detail)
+        else:
+            if removed:
+                log.info("retention: purged %d scans created before %s", removed, cutoff.isoformat())
+        await asyncio.sleep(interval_s)
+
+
+Lifespan = Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]
+
+
+def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        rt = runtime or await Runtime.start(settings)
+        service = ScanService(rt)
+        app.state.runtime, app.state.service = rt, service
+        grpc_server = None
+        retention: asyncio.Task[None] | None = None
+        try:
+            if app.state.serve_grpc and settings.grpc_port > 0:
+                # Imported here: gRPC is optional at run time and its generated code is heavy to import.
+                from server.api.grpc.server import start_grpc_server  # noqa: PLC0415
+
+                grpc_server = await start_grpc_server(rt, service, settings.host, settings.grpc_port)
+            if settings.retention_days:
+                retention = asyncio.create_task(purge_forever(rt.store, settings.retention_days),
+                                                name="facerec-retention")
+            yield
+        finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_s)
+            if runtime is None:  # a runtime passed in belongs to the caller
+                await rt.aclose()
+
+    return lifespan
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool = False) -> Litestar:
+    """The HTTP app. Without ``runtime`` the lifespan starts and closes one; ``grpc`` also serves gRPC.
+
+    A passed runtime is usable at once (even without running the lifespan, as with httpx's ASGITransport).
+    """
+    state: dict[str, object] = {"settings": settings, "serve_grpc": grpc}
+    if runtime is not None:
+        state.update(runtime=runtime, service=ScanService(runtime))
+    cors = None
+    if settings.cors_origins:  # off unless origins are configured: browsers are not the expected clients
+        cors = CORSConfig(allow_origins=list(settings.cors_origins),
+                          allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                          expose_headers=["X-Request-ID", "Retry-After"])
+    return Litestar(
+        route_handlers=ROUTE_HANDLERS,
+        lifespan=[_lifespan(settings, runtime)],
+        dependencies={"principal": Provide(provide_principal),
+                      "service": Provide(provide_service, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContextMiddleware()],
+        request_max_body_size=settings.max_request_bytes,
+        cors_config=cors,
+        openapi_config=OpenAPIConfig(title="facerec", version="1.0.0", path="/schema",
+                                     description="Self-hosted face verification (seed-compatible API)."),
+        logging_config=None,  # the process (serving.py / the CLI) owns logging
+        state=State(state),
+        debug=False,
+    )

@@ -1,0 +1,56 @@
+"""``facerec serve``: uvicorn running the app (and gRPC on the same loop) until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import uvicorn
+
+from server.api.http import RequestIdLogFilter
+from server.app import create_app
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+
+
+def _install_request_id_logging(level: str) -> None:
+    """Every record gets ``request_id`` and the root handlers print it (the CLI may have set them up)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level.upper())
+    for handler in root.handlers:
+        handler.addFilter(RequestIdLogFilter())
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+def token_hint(settings: Settings) -> str | None:
+    """How to get a token, when this server trusts its own local issuer."""
+    if not settings.local_issuer:
+        return None
+    return ("local token issuer active: mint a token with\n"
+            "  .venv/bin/facerec token --company ACME\n"
+            "and send it as 'Authorization: Bearer <token>'")
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
+    _install_request_id_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings, grpc=True), host=settings.host, port=settings.port,
+        server_header=False,  # no banner revealing the server software
+        date_header=True, log_config=None, lifespan="on", proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+    )
+    server = uvicorn.Server(config)
+    hint = token_hint(settings)
+    if hint:
+        print(hint, flush=True)
+    grpc_note = f", gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port > 0 else ""
+    print(f"facerec: HTTP on http://{settings.host}:{settings.port} (OpenAPI at /schema){grpc_note}",
+          flush=True)
+    server.run()
+    # uvicorn returns normally after a signal; not having started means startup (models, store, port) failed.
+    return 0 if server.started else 1
