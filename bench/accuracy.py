@@ -37,7 +37,7 @@ def read_pairs(path: Path) -> list[tuple[str, str, int]]:
 def roc(scores: np.ndarray, labels: np.ndarray) -> dict[str, object]:
     """ROC curve, AUC, EER and TAR at fixed FARs for scores where higher means 'same'."""
     order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
+    y = labels[order]
     pos, neg = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
     tpr = np.concatenate([[0.0], np.cumsum(y) / pos])
     fpr = np.concatenate([[0.0], np.cumsum(1 - y) / neg])
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         report["images"] = len(emb)
         report["images_per_s"] = len(emb) / secs
         failures = [i for i, (a, b, _) in enumerate(pairs) if emb[a] is None or emb[b] is None]
-        cos = np.array([float(emb[a] @ emb[b]) if emb[a] is not None and emb[b] is not None else -1.0  # type: ignore[operator]
+        cos = np.array([-1.0 if (ea := emb[a]) is None or (eb := emb[b]) is None else float(ea @ eb)
                         for a, b, _ in pairs])
         if ident:
             keys = [k for k in ident if emb.get(k) is not None]
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         ap_ = report["all_pairs"]
         assert isinstance(ap_, dict)
         print(f"all pairs: {ap_['genuine']} genuine, {ap_['impostor']} impostor; at the threshold FAR "
-              f"{ap_['far_at_threshold']:.5f}, FRR {ap_['frr_at_threshold']:.4f}; TAR@FAR0.1% {ap_.get('tar_at_far_0.001')}")
+              f"{ap_['far_at_threshold']:.5f}, FRR {ap_['frr_at_threshold']:.4f}; "
+              f"TAR@FAR0.1% {ap_.get('tar_at_far_0.001')}")
     try:
         import matplotlib
 

@@ -209,7 +209,7 @@ def fetch_source(cache_dir: Path, name: str, log: Log = print) -> bytes:
 
 def _onnx() -> Any:
     try:
-        import onnx  # noqa: PLC0415 - a build-only dependency, not needed to serve
+        import onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ModelBuildError("building models needs the build extras: pip install 'facerec[build]'") from exc
     return onnx
@@ -368,7 +368,7 @@ def convert_landmarker(source: bytes, *, rewrite_prelu: bool = True) -> bytes:
     """FaceMesh tflite -> ONNX (NCHW) with batch ``N``, outputs flattened to [N,1404] and [N,1]."""
     onnx = _onnx()
     try:
-        import tflite2onnx  # noqa: PLC0415 - a build-only dependency
+        import tflite2onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ModelBuildError("building models needs the build extras: pip install 'facerec[build]'") from exc
     with tempfile.TemporaryDirectory(prefix="facerec-landmarker-") as tmp:
@@ -498,7 +498,7 @@ CONVERTERS: dict[str, Callable[[bytes], bytes]] = {
 
 
 def _session(model: bytes) -> Any:
-    import onnxruntime as ort  # noqa: PLC0415 - heavy; only the build needs it here
+    import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # the original SFace file warns once per stale input
@@ -587,7 +587,7 @@ VERIFIERS: dict[str, Callable[[bytes, bytes], None]] = {
 
 
 def _tool_versions() -> dict[str, str]:
-    from importlib import metadata  # noqa: PLC0415
+    from importlib import metadata
 
     versions = {}
     for dist in ("onnx", "tflite2onnx", "tflite", "onnxruntime", "numpy", "protobuf"):
@@ -695,7 +695,7 @@ def build_model_repository(
 
 
 def _main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin manual entry point
-    from server.settings import Settings  # noqa: PLC0415
+    from server.settings import Settings
 
     settings = Settings.from_env()
     force = "--force" in (argv if argv is not None else sys.argv[1:])

@@ -1,4 +1,4 @@
-"""Builds and closes everything a serving process shares: backend, per-model batchers, pipeline, store, auth, metrics."""
+"""Builds and closes what a serving process shares: backend, per-model batchers, pipeline, store, auth, metrics."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ class CallContext:
 
 # Set by the service for each request; the batched runner reads it so deadlines and sources reach the batcher
 # without threading them through every pipeline stage.
-call_context: contextvars.ContextVar[CallContext] = contextvars.ContextVar("call_context", default=CallContext())
+call_context: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
+    "call_context", default=CallContext()  # noqa: B039 - CallContext is a frozen dataclass
+)
 
 
 class BatchedRunner:

@@ -1,4 +1,4 @@
-"""Per-face attributes from the 3-D mesh, the 68 points and the pixels: pose, eyes, mouth, luminance, occlusion, quality.
+"""Per-face attributes from the 3-D mesh, the 68 points and the pixels: pose, eyes, mouth, light, occlusion, quality.
 
 Conventions (documented in the README): image coordinates have x to the right and y down; angles are degrees.
 ``yaw`` > 0 when the face turns towards the image's right (the subject's left); ``pitch`` > 0 when the subject
@@ -55,11 +55,11 @@ def head_pose(mesh: NDF) -> tuple[float, float, float]:
     x_axis = np.zeros(3)
     for r, left in _SYMMETRIC_PAIRS:
         v = m[left] - m[r]
-        x_axis += v / max(np.linalg.norm(v), 1e-9)
-    x_axis /= max(np.linalg.norm(x_axis), 1e-9)
+        x_axis += v / max(float(np.linalg.norm(v)), 1e-9)
+    x_axis /= max(float(np.linalg.norm(x_axis)), 1e-9)
     down = m[_CHIN] - m[_NASION]
     y_axis = down - np.dot(down, x_axis) * x_axis
-    y_axis /= max(np.linalg.norm(y_axis), 1e-9)
+    y_axis /= max(float(np.linalg.norm(y_axis)), 1e-9)
     z_axis = np.cross(x_axis, y_axis)  # points into the image, away from the camera
     fwd = -z_axis  # the way the face looks
     yaw = math.degrees(math.atan2(fwd[0], -fwd[2]))
@@ -97,7 +97,8 @@ def mouth_opening(mesh: NDF) -> float:
     return float(np.clip((r - MOUTH_CLOSED_RATIO) / (MOUTH_FULL_RATIO - MOUTH_CLOSED_RATIO), 0.0, 1.0))
 
 
-def _polygon_mask(shape: tuple[int, int], pts: npt.NDArray[np.float64], origin: tuple[int, int]) -> npt.NDArray[np.uint8]:
+def _polygon_mask(shape: tuple[int, int], pts: npt.NDArray[np.float64], origin: tuple[int, int]
+                  ) -> npt.NDArray[np.uint8]:
     mask = np.zeros(shape, dtype=np.uint8)
     shifted = np.round(pts - np.array(origin)).astype(np.int32)
     cv2.fillConvexPoly(mask, cv2.convexHull(shifted), 1)
@@ -132,7 +133,7 @@ def _face_region(image: npt.NDArray[np.uint8], pts68: NDF) -> _Region:
         skin[_polygon_mask(shape, centre + (pts - centre) * 1.3, (x0, y0)) > 0] = 0
     inside = float(mask.sum())
     outside = 0.0 if full_area <= 0 else float(np.clip(1.0 - inside / full_area, 0.0, 1.0))
-    ycrcb = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2YCrCb)
+    ycrcb = np.asarray(cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2YCrCb), dtype=np.uint8)
     return _Region(ycrcb, mask, skin, outside)
 
 
@@ -193,7 +194,8 @@ QUALITY_WEIGHTS = {"size": 0.2, "sharpness": 0.2, "pose": 0.2, "illumination": 0
                    "eyes": 0.05, "presence": 0.05}
 
 
-def quality_components(eye_dist: float, sharp: float, pitch: float, yaw: float, luminance: float,
+def quality_components(eye_dist: float,  # noqa: PLR0917 - one argument per component keeps call sites readable
+                        sharp: float, pitch: float, yaw: float, luminance: float,
                        occlusion: float, eyes_closed: float, presence: float) -> dict[str, float]:
     """Each component of ``face_quality`` in 0..1 (1 = ideal for recognition)."""
     return {

@@ -103,7 +103,8 @@ def parse_config(text: str) -> ModelSpec:
     return ModelSpec(name, max_batch, tuple(blocks["input"]), tuple(blocks["output"]))
 
 
-def render_config(spec: ModelSpec, *, preferred_batch_sizes: tuple[int, ...] = (), max_queue_delay_us: int = 2000) -> str:
+def render_config(spec: ModelSpec, *, preferred_batch_sizes: tuple[int, ...] = (),
+                  max_queue_delay_us: int = 2000) -> str:
     """Write a config.pbtxt for the ONNX Runtime backend of Triton."""
 
     def tensors(items: tuple[TensorSpec, ...]) -> str:

@@ -49,10 +49,11 @@ def decode_image(data: bytes, limits: DecodeLimits, *, field: str | None = None)
                     field=field,
                 )
             if min(w, h) < limits.min_side:
-                raise UnsupportedImage(f"image is {w}x{h}; each side must be at least {limits.min_side} px", field=field)
+                raise UnsupportedImage(f"image is {w}x{h}; each side must be at least {limits.min_side} px",
+                                       field=field)
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            upright: Image.Image = ImageOps.exif_transpose(img) or img
+            return _to_rgb(upright)
     except (UnsupportedImage, ImageTooLarge):
         raise
     except Image.DecompressionBombError as exc:

@@ -1,4 +1,4 @@
-"""The face pipeline: decode -> detect -> pick a face -> landmarks (two passes) -> 68 points -> align -> embed -> attributes.
+"""The face pipeline: detect -> pick a face -> landmarks (two passes) -> 68 points -> align -> embed -> attributes.
 
 Every stage works on a batch; CPU-bound pre/post-processing runs off the event loop, model calls go through an
 ``InferenceRunner`` (the backend itself, or the per-model dynamic batchers in front of it).
@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from server.analysis.attributes import FaceGeometry, analyze_faces
 from server.analysis.calibration import ScoreCalibration
-from server.domain import Comparison, CompareResult, FaceAnalysis
+from server.domain import CompareResult, Comparison, FaceAnalysis
 from server.inference.backend import ModelSpec
 from server.inference.models.detector import Detection, Detector, most_prominent
 from server.inference.models.embedder import Embedder

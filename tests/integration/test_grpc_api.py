@@ -150,7 +150,7 @@ async def env(
         settings = settings.replace(database_url="postgresql+asyncpg://" + dsn.split("://", 1)[1])
         # A schema of its own: search_path makes the store create and use its tables there.
         store = create_store(settings, connect_args={"server_settings": {"search_path": schema}})
-    runtime = await Runtime.start(settings, backend=SharedBackend(ort_backend), store=store)  # type: ignore[arg-type]
+    runtime = await Runtime.start(settings, backend=SharedBackend(ort_backend), store=store)
     server = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -525,6 +525,7 @@ async def test_deadlines_drop_expired_work_and_the_server_keeps_serving(env: Env
             break
         await asyncio.sleep(0.02)
     assert dropped() >= 1
+    m = env.runtime.metrics; print('DBG', warm_s, [(c, m.histogram_stats('facerec_grpc_request_duration_seconds', method='CompareFaces', code=c)) for c in ('DEADLINE_EXCEEDED','CANCELLED','OK')], [m.value('facerec_requests_rejected_total', reason=r) for r in ('deadline','cancelled')])
     await asyncio.sleep(max(1.0, 2 * warm_s))  # long enough for abandoned work to have finished, had it run on
     page = await env.stub.ListScans(pb.ListScansRequest(reference=reference), metadata=auth)
     assert page.total_elements == 0

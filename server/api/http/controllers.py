@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from server.api.http.forms import read_compare_form
 from server.api.http.openapi import (
@@ -20,7 +21,10 @@ from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdate
 from server.domain import Principal, ScanUpdate
 from server.service import ScanService
 
-ISO_UTC = "ISO 8601 date or date-time; UTC when no offset is given"
+ISO_UTC = "ISO 8601 date or date-time, UTC when no offset is given"
+# Explicit markers: Litestar 3 stops inferring dependencies and parameters from bare names.
+Caller = NamedDependency[Principal]
+Service = NamedDependency[ScanService]
 COMPARE_PATHS = ["/face-recognition-sdk/v1/compare_face", "/v1/compare_face"]
 
 
@@ -33,8 +37,8 @@ class CompareController(Controller):
           summary="Compare the faces in two images",
           description="Needs role `face:compare`. Content types of the files are not trusted: decoding "
           "decides whether a file is a supported image.")
-    async def compare_face(self, request: Request[Any, Any, Any], principal: Principal,
-                           service: ScanService) -> CompareResponse:
+    async def compare_face(self, request: Request[Any, Any, Any], principal: Caller,
+                           service: Service) -> CompareResponse:
         s = service.runtime.settings
         form = await read_compare_form(request, max_file_bytes=s.max_file_bytes,
                                        max_request_bytes=s.max_request_bytes)
@@ -50,36 +54,36 @@ class ScanController(Controller):
     tags = ("scans",)
 
     @get("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Get a scan (role `face:read`)")
-    async def get_scan(self, scan_id: str, principal: Principal, service: ScanService) -> ScanEntity:
+    async def get_scan(self, scan_id: FromPath[str], principal: Caller, service: Service) -> ScanEntity:
         return ScanEntity.of(await service.get(principal, scan_id))
 
     @put("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Update a scan (role `face:update`)",
          description="Only compareResult, compareSimilarity, salesChannel and reference change; server-owned "
          "fields (id, companyId, createdDate, createdById, ...) in the body are ignored.")
-    async def update_scan(self, scan_id: str, data: ScanUpdateIn, principal: Principal,
-                          service: ScanService) -> ScanEntity:
+    async def update_scan(self, scan_id: FromPath[str], data: ScanUpdateIn, principal: Caller,
+                          service: Service) -> ScanEntity:
         change = ScanUpdate(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
                             sales_channel=data.sales_channel, reference=data.reference)
         return ScanEntity.of(await service.update(principal, scan_id, change))
 
     @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)")
     async def list_scans(
-        self, *, principal: Principal, service: ScanService,
-        page: Annotated[int, Parameter(description="0-based page number")] = 0,
-        size: Annotated[int, Parameter(description="page size, 1..200")] = 20,
-        sort: Annotated[list[str] | None, Parameter(description="`field[,asc|desc]`, repeatable")] = None,
-        reference: str | None = None,
-        sales_channel: Annotated[str | None, Parameter(query="salesChannel")] = None,
-        compare_result: Annotated[str | None, Parameter(query="compareResult")] = None,
-        created_from: Annotated[str | None, Parameter(query="createdFrom", description=ISO_UTC)] = None,
-        created_to: Annotated[str | None, Parameter(query="createdTo", description=ISO_UTC)] = None,
+        self, *, principal: Caller, service: Service,
+        page: Annotated[int, QueryParameter(description="0-based page number")] = 0,
+        size: Annotated[int, QueryParameter(description="page size, 1..200")] = 20,
+        sort: Annotated[list[str] | None, QueryParameter(description="`field[,asc|desc]`, repeatable")] = None,
+        reference: FromQuery[str | None] = None,
+        sales_channel: Annotated[str | None, QueryParameter(name="salesChannel")] = None,
+        compare_result: Annotated[str | None, QueryParameter(name="compareResult")] = None,
+        created_from: Annotated[str | None, QueryParameter(name="createdFrom", description=ISO_UTC)] = None,
+        created_to: Annotated[str | None, QueryParameter(name="createdTo", description=ISO_UTC + " (excl.)")] = None,
     ) -> ScanPage:
         query = build_query(page=page, size=size, sort=sort, reference=reference, sales_channel=sales_channel,
                             compare_result=compare_result, created_from=created_from, created_to=created_to)
         return ScanPage.of(await service.list(principal, query))
 
     @delete("/{scan_id:str}", responses=DELETE_RESPONSES, summary="Delete a scan (role `face:delete`)")
-    async def delete_scan(self, scan_id: str, principal: Principal, service: ScanService) -> None:
+    async def delete_scan(self, scan_id: FromPath[str], principal: Caller, service: Service) -> None:
         await service.delete(principal, scan_id)
 
 

@@ -54,7 +54,8 @@ class Detector:
         # Row-major anchor order (row * cols + col), as the network emits them.
         return np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float32)
 
-    def preprocess(self, images: list[npt.NDArray[np.uint8]]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    def preprocess(self, images: list[npt.NDArray[np.uint8]]
+                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Letterbox RGB images into one ``(N, 3, S, S)`` BGR 0..255 float batch; returns it and per-image scales."""
         n, s = len(images), self.size
         batch = np.zeros((n, s, s, 3), dtype=np.float32)

@@ -76,4 +76,5 @@ class Embedder:
             half = len(e) // 2
             e = e[:half] / np.linalg.norm(e[:half], axis=1, keepdims=True) + e[half:] / np.linalg.norm(
                 e[half:], axis=1, keepdims=True)
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        out: npt.NDArray[np.float32] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return out

@@ -45,7 +45,8 @@ class Landmarker:
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
         sizes = ROI_SCALE * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         d = eyes[:, 1] - eyes[:, 0]
-        return roi_affines(centres, sizes, np.arctan2(d[:, 1], d[:, 0]))
+        return roi_affines(centres.astype(np.float32), sizes.astype(np.float32),
+                           np.arctan2(d[:, 1], d[:, 0]).astype(np.float32))
 
     @staticmethod
     def rois_from_mesh(mesh: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

@@ -71,4 +71,5 @@ MESH_TO_68: npt.NDArray[np.float32] = _build()
 
 def mesh_to_68(mesh: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """``(M, 468, D)`` mesh -> ``(M, 68, D)`` iBUG points."""
-    return np.einsum("kn,mnd->mkd", MESH_TO_68, mesh).astype(np.float32)
+    out: npt.NDArray[np.float32] = np.einsum("kn,mnd->mkd", MESH_TO_68, mesh).astype(np.float32)
+    return out
