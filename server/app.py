@@ -60,7 +60,7 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
         try:
             if app.state.serve_grpc and settings.grpc_port > 0:
                 # Imported here: gRPC is optional at run time and its generated code is heavy to import.
-                from server.api.grpc.server import start_grpc_server  # noqa: PLC0415
+                from server.api.grpc.server import start_grpc_server
 
                 grpc_server = await start_grpc_server(rt, service, settings.host, settings.grpc_port)
             if settings.retention_days:

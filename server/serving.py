@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -35,6 +37,24 @@ def token_hint(settings: Settings) -> str | None:
             "and send it as 'Authorization: Bearer <token>'")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM/SIGINT that led to a clean shutdown is not re-raised afterwards.
+
+    uvicorn (>= 0.29) re-raises the captured signal once it has stopped, so the process would die with 143;
+    for us the signal is the normal way to stop, and a completed graceful shutdown exits 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     _install_request_id_logging(settings.log_level)
@@ -44,13 +64,15 @@ def serve(settings: Settings) -> int:
         date_header=True, log_config=None, lifespan="on", proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     hint = token_hint(settings)
     if hint:
         print(hint, flush=True)
     grpc_note = f", gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port > 0 else ""
     print(f"facerec: HTTP on http://{settings.host}:{settings.port} (OpenAPI at /schema){grpc_note}",
           flush=True)
-    server.run()
-    # uvicorn returns normally after a signal; not having started means startup (models, store, port) failed.
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when the lifespan (models, store, gRPC port) fails to start
+        return exc.code if isinstance(exc.code, int) else 1
     return 0 if server.started else 1

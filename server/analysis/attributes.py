@@ -61,11 +61,19 @@ def head_pose(mesh: NDF) -> tuple[float, float, float]:
     y_axis = down - np.dot(down, x_axis) * x_axis
     y_axis /= max(float(np.linalg.norm(y_axis)), 1e-9)
     z_axis = np.cross(x_axis, y_axis)  # points into the image, away from the camera
-    fwd = -z_axis  # the way the face looks
-    yaw = math.degrees(math.atan2(fwd[0], -fwd[2]))
-    pitch = math.degrees(math.atan2(-fwd[1], math.hypot(fwd[0], fwd[2]))) - PITCH_OFFSET_DEG
-    roll = math.degrees(math.atan2(x_axis[1], x_axis[0]))
-    return pitch, yaw, roll
+    fwd = -z_axis  # the way the face looks, still tilted by the chin->nasion line's own pitch
+    # Remove that tilt as a rotation about the face's own x axis (Rodrigues; x is orthogonal to fwd), not by
+    # subtracting degrees afterwards: a subtracted offset leaks into yaw as soon as the head is rolled.
+    off = math.radians(PITCH_OFFSET_DEG)
+    fwd = fwd * math.cos(off) + np.cross(x_axis, fwd) * math.sin(off)
+    roll_rad = math.atan2(x_axis[1], x_axis[0])
+    # Yaw and pitch in the roll-levelled frame (Z-Y-X order: roll outermost), so rotating the picture about the
+    # camera axis changes roll only.
+    c, s = math.cos(roll_rad), math.sin(roll_rad)
+    fx, fy, fz = c * fwd[0] + s * fwd[1], -s * fwd[0] + c * fwd[1], fwd[2]
+    yaw = math.degrees(math.atan2(fx, -fz))
+    pitch = math.degrees(math.atan2(-fy, math.hypot(fx, fz)))
+    return pitch, yaw, math.degrees(roll_rad)
 
 
 def _opening(mesh: NDF, pairs: tuple[tuple[int, int], ...]) -> float:

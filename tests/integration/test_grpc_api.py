@@ -7,7 +7,7 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,14 +34,11 @@ from server.inference.backend import ModelSpec
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.runtime import Runtime
 from server.service import ScanService
-from server.settings import PROJECT_ROOT, Settings
 from server.store import create_store
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FACES = Path(__file__).parents[2].parent / "shared" / "faces"
-REPO = PROJECT_ROOT / "model_repository"
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 # Small limits so the size checks are cheap to exercise; the shared photos are all under 200 kB.
 MAX_FILE = 1_000_000
 MAX_REQUEST = 2_000_000
@@ -54,7 +51,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class SharedBackend:
-    """Delegates to the module's backend but ignores ``aclose``, so closing a Runtime leaves it loaded."""
+    """Delegates to the session's backend but ignores ``aclose``, so closing a Runtime leaves it loaded."""
 
     def __init__(self, inner: OnnxRuntimeBackend) -> None:
         self._inner = inner
@@ -76,16 +73,7 @@ class SharedBackend:
         return None
 
 
-@pytest.fixture(scope="module")
-def ort_backend() -> Iterator[OnnxRuntimeBackend]:
-    if not all((REPO / m / "1" / "model.onnx").is_file() for m in ("detector", "landmarker", "embedder")):
-        pytest.skip("model repository not built: run `make models`")
-    backend = OnnxRuntimeBackend(REPO, device="cpu", intra_threads=2)
-    yield backend
-    asyncio.run(backend.aclose())
-
-
-def photo(name: str) -> bytes:
+def read_photo(name: str) -> bytes:
     path = FACES / name
     if not path.is_file():
         pytest.skip(f"shared photo {path} absent")
@@ -108,67 +96,28 @@ class Env:
         return (("authorization", f"Bearer {token}"),)
 
 
-async def _pg_dsn() -> tuple[str | None, str]:
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(PG_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return None, f"PostgreSQL unreachable at {PG_DSN}: {exc!r}"
-    await conn.close()
-    return PG_DSN, ""
-
-
-async def _pg_exec(dsn: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, timeout=3)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest_asyncio.fixture(
-    scope="module", loop_scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-async def env(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ort_backend: OnnxRuntimeBackend
-) -> AsyncIterator[Env]:
-    if not FACES.is_dir():
-        pytest.skip(f"shared photos absent ({FACES})")
-    settings = Settings(data_dir=tmp_path_factory.mktemp("grpc"), max_file_bytes=MAX_FILE,
-                        max_request_bytes=MAX_REQUEST)
-    schema = None
-    store = None
-    if request.param == "postgres":
-        dsn, reason = await _pg_dsn()
-        if dsn is None:
-            pytest.skip(reason)
-        schema = f"t_{uuid.uuid4().hex[:16]}"
-        await _pg_exec(dsn, f'CREATE SCHEMA "{schema}"')
-        settings = settings.replace(database_url="postgresql+asyncpg://" + dsn.split("://", 1)[1])
-        # A schema of its own: search_path makes the store create and use its tables there.
-        store = create_store(settings, connect_args={"server_settings": {"search_path": schema}})
-    runtime = await Runtime.start(settings, backend=SharedBackend(ort_backend), store=store)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(store_target: Any, backend: OnnxRuntimeBackend, faces_dir: Path) -> AsyncIterator[Env]:
+    """One runtime and gRPC server per store (``store_target``: SQLite, or a PostgreSQL schema of its own)."""
+    settings = store_target.settings.replace(max_file_bytes=MAX_FILE, max_request_bytes=MAX_REQUEST)
+    store = create_store(settings, connect_args=store_target.connect_args)
+    runtime = await Runtime.start(settings, backend=SharedBackend(backend), store=store)
     server = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        yield Env(request.param, runtime, server, channel, pb_grpc.FaceRecognitionStub(channel))
+        yield Env(store_target.kind, runtime, server, channel, pb_grpc.FaceRecognitionStub(channel))
     finally:
         await channel.close()
         await server.stop(0)
         await runtime.aclose()
-        if schema is not None:
-            await _pg_exec(PG_DSN, f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def compare_request(file1: str | bytes, file2: str | bytes, *, channel: str = "WEB",
                     reference: str = "0002") -> pb.CompareFacesRequest:
     return pb.CompareFacesRequest(
         channel=channel, reference=reference,
-        file1=file1 if isinstance(file1, bytes) else photo(file1),
-        file2=file2 if isinstance(file2, bytes) else photo(file2),
+        file1=file1 if isinstance(file1, bytes) else read_photo(file1),
+        file2=file2 if isinstance(file2, bytes) else read_photo(file2),
     )
 
 
@@ -525,7 +474,6 @@ async def test_deadlines_drop_expired_work_and_the_server_keeps_serving(env: Env
             break
         await asyncio.sleep(0.02)
     assert dropped() >= 1
-    m = env.runtime.metrics; print('DBG', warm_s, [(c, m.histogram_stats('facerec_grpc_request_duration_seconds', method='CompareFaces', code=c)) for c in ('DEADLINE_EXCEEDED','CANCELLED','OK')], [m.value('facerec_requests_rejected_total', reason=r) for r in ('deadline','cancelled')])
     await asyncio.sleep(max(1.0, 2 * warm_s))  # long enough for abandoned work to have finished, had it run on
     page = await env.stub.ListScans(pb.ListScansRequest(reference=reference), metadata=auth)
     assert page.total_elements == 0
@@ -574,3 +522,13 @@ async def test_reflection_lists_the_services(env: Env) -> None:
     assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
     files = responses[1].file_descriptor_response.file_descriptor_proto
     assert files and pb.DESCRIPTOR.serialized_pb in files
+
+
+async def test_busy_port_is_an_error_not_a_shared_socket(env: Env) -> None:
+    with pytest.raises(OSError, match="cannot bind gRPC"):
+        await start_grpc_server(env.runtime, ScanService(env.runtime), "127.0.0.1", env.server.port)
+
+
+async def test_missing_role_is_reported_before_payload_problems(env: Env) -> None:
+    err = await rpc_error(env.stub.CompareFaces(compare_request(b"", b""), metadata=env.auth(roles=[ROLE_READ])))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED

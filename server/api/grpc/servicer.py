@@ -7,15 +7,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
+from server.api.query import build_query
 from server.api.schemas import wire_time
-from server.auth import parse_authorization_header
+from server.auth import ROLE_COMPARE, parse_authorization_header, require_role
 from server.domain import Channel, CompareResult, FaceAnalysis, Page, Principal, Scan, ScanQuery, ScanUpdate
 from server.errors import (
     DeadlineExceeded,
@@ -38,7 +38,6 @@ ERROR_CODE_KEY = "facerec-error-code"
 ERROR_FIELD_KEY = "facerec-error-field"
 RETRY_AFTER_KEY = "facerec-retry-after-ms"
 SOURCE = "grpc"  # the transport label the batcher's mixed-batch metrics count
-DEFAULT_SORT = (("createdDate", True),)
 DEFAULT_PAGE_SIZE = 20
 
 
@@ -91,29 +90,6 @@ def page_message(p: Page) -> pb.ListScansResponse:
 # --------------------------------------------------------------------------- wire -> domain
 
 
-def parse_sort(entries: list[str]) -> tuple[tuple[str, bool], ...]:
-    """Spring ``field,dir`` entries to ``(field, descending)``; the store checks the field names."""
-    if not entries:
-        return DEFAULT_SORT
-    out = []
-    for entry in entries:
-        name, _, direction = entry.partition(",")
-        direction = direction.strip().lower() or "asc"
-        if direction not in ("asc", "desc"):
-            raise InvalidField(f"sort direction must be asc or desc, not {direction[:16]!r}", field="sort")
-        out.append((name.strip(), direction == "desc"))
-    return tuple(out)
-
-
-def parse_time(value: str, field: str) -> datetime:
-    """An ISO 8601 filter bound; without an offset it is UTC, the zone every API timestamp is written in."""
-    try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidField(f"{field} must be an ISO 8601 timestamp", field=field) from None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def parse_channel_filter(value: str, field: str) -> Channel:
     try:
         return Channel(value.strip().upper())
@@ -129,18 +105,15 @@ def parse_result(value: str, field: str) -> CompareResult:
 
 
 def scan_query(req: pb.ListScansRequest) -> ScanQuery:
-    """The list request as a domain query (paging bounds are the store's to check, as over HTTP)."""
-    return ScanQuery(
-        page=req.page,
-        size=req.size if req.HasField("size") else DEFAULT_PAGE_SIZE,
-        sort=parse_sort(list(req.sort)),
-        reference=req.reference if req.HasField("reference") else None,
-        sales_channel=parse_channel_filter(req.sales_channel, "salesChannel")
-        if req.HasField("sales_channel") else None,
-        compare_result=parse_result(req.compare_result, "compareResult")
-        if req.HasField("compare_result") else None,
-        created_from=parse_time(req.created_from, "createdFrom") if req.HasField("created_from") else None,
-        created_to=parse_time(req.created_to, "createdTo") if req.HasField("created_to") else None,
+    """The list request as a domain query, validated by the same rules as the HTTP query string."""
+
+    def opt(name: str) -> str | None:
+        return str(getattr(req, name)) if req.HasField(name) else None
+
+    return build_query(
+        page=req.page, size=req.size if req.HasField("size") else DEFAULT_PAGE_SIZE, sort=list(req.sort),
+        reference=opt("reference"), sales_channel=opt("sales_channel"), compare_result=opt("compare_result"),
+        created_from=opt("created_from"), created_to=opt("created_to"),
     )
 
 
@@ -191,6 +164,9 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
         self, request: pb.CompareFacesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CompareFacesResponse:
         async def call(principal: Principal) -> pb.CompareFacesResponse:
+            # The service checks the role first too; repeating it here keeps a caller without the role from
+            # learning about payload rules before being told it lacks the role.
+            require_role(principal, ROLE_COMPARE)
             self._check_files(request)
             scan = await self._service.compare(
                 principal, channel=request.channel, reference=request.reference, file1=request.file1,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from server.api.http.forms import read_compare_form
 from server.api.http.openapi import (
@@ -16,7 +16,7 @@ from server.api.http.openapi import (
     LIST_RESPONSES,
     CompareFormOperation,
 )
-from server.api.http.query import build_query
+from server.api.query import build_query
 from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdateIn
 from server.domain import Principal, ScanUpdate
 from server.service import ScanService
@@ -60,7 +60,7 @@ class ScanController(Controller):
     @put("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Update a scan (role `face:update`)",
          description="Only compareResult, compareSimilarity, salesChannel and reference change; server-owned "
          "fields (id, companyId, createdDate, createdById, ...) in the body are ignored.")
-    async def update_scan(self, scan_id: FromPath[str], data: ScanUpdateIn, principal: Caller,
+    async def update_scan(self, scan_id: FromPath[str], data: JSONBody[ScanUpdateIn], principal: Caller,
                           service: Service) -> ScanEntity:
         change = ScanUpdate(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
                             sales_channel=data.sales_channel, reference=data.reference)

@@ -5,6 +5,7 @@ Identity verdicts, no-face and two-face handling, batch/single equivalence and t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 
@@ -90,8 +91,6 @@ def test_two_faces_choose_the_most_prominent(pipeline: FacePipeline, photo: Call
     In both photos the larger face is Biden's, cut from the same source photo as ``twin``: the identity check
     proves the analysis really belongs to the chosen box, not just that the box is right.
     """
-    import asyncio
-
     img = photo(name)
     r = _face(photo_results, name)
     assert r.analysis.faces_found == 2

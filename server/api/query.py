@@ -1,4 +1,4 @@
-"""Query parameters of the list route (Spring-style ``page``/``size``/``sort`` plus filters) -> ScanQuery."""
+"""List parameters shared by HTTP and gRPC (Spring-style page/size/sort plus filters) -> ScanQuery."""
 
 from __future__ import annotations
 
