@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="score through a running server instead of in-process")
     ap.add_argument("--token", help="bearer token for --url")
     ap.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
+    ap.add_argument("--limit", type=int, help="only the first N pairs (a quick check)")
     args = ap.parse_args(argv)
     settings = Settings.from_env()
     calib = ScoreCalibration()
     root = args.root or args.pairs.parent
-    pairs = read_pairs(args.pairs)
+    pairs = read_pairs(args.pairs)[: args.limit or None]
     labels = np.array([p[2] for p in pairs])
     report: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),

@@ -21,7 +21,7 @@ from locust import HttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # locust imports this file by path
 
-from bench.common import Pair, load_pairs, require_loopback  # noqa: E402
+from bench.common import Pair, load_pairs, require_loopback
 
 
 def _pairs() -> list[Pair]:

@@ -36,10 +36,11 @@ PHYSICAL = ("obama_01", "obama_02", "biden_02", "eileen_collins_01")
 UPRIGHT = (*PHYSICAL, "obama_03", "biden_01")
 ANGLES = (15, -15, 30, -30)
 
-ROLL_TOL = 3.0  # degrees (the tolerance); measured worst case 0.8
-YAW_FLIP_TOL = 3.0  # degrees; measured worst case 1.6
-POSE_ROT_TOL = 5.0  # degrees of yaw/pitch drift under picture rotation; measured worst case 4.1 (obama_02)
-EYE_SWAP_TOL = 0.1  # eye-closure units; measured worst case 0.09 (biden_02: 0.094 vs 0.0)
+ROLL_TOL = 3.0  # degrees (the tolerance); measured worst case 1.5 (0.35 on the flip)
+YAW_FLIP_TOL = 3.0  # degrees; measured worst case 1.3
+POSE_ROT_TOL = 5.0  # degrees of yaw/pitch drift under picture rotation; measured worst case 4.0 (obama_02)
+# Eye-closure units; measured worst case 0.094 (biden_02: 0.094 vs 0.0, both eyes open): 0.12 leaves a margin.
+EYE_SWAP_TOL = 0.12
 
 
 def _points(a: FaceAnalysis) -> npt.NDArray[np.float64]:
