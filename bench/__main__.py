@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,11 +42,12 @@ def profile_for(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         return {"raw_batches": [1, 4], "raw_inflight": [1], "raw_requests": 8, "raw_duration": 4.0,
                 "http_c": [1, 4], "grpc_c": [1, 4], "requests": 12, "duration": 4.0, "open_s": 4.0,
-                "peers_limit": 8, "accuracy_limit": 40, "accuracy_labels": False, "attributes_limit": 3}
+                "peers_limit": 8, "peers_faces_limit": 4, "accuracy_limit": 40, "accuracy_labels": False,
+                "attributes_limit": 3}
     return {"raw_batches": [1, 2, 4, 8, 16], "raw_inflight": [1, 2], "raw_requests": 96, "raw_duration": 10.0,
             "http_c": [1, 2, 4, 8, 16, 32], "grpc_c": [1, 8, 32], "requests": 300, "duration": 20.0,
-            "open_s": 20.0, "peers_limit": 100, "accuracy_limit": None, "accuracy_labels": True,
-            "attributes_limit": None}
+            "open_s": 20.0, "peers_limit": 100, "peers_faces_limit": 20, "accuracy_limit": None,
+            "accuracy_labels": True, "attributes_limit": None}
 
 
 def sweep(server: ServerProcess, protocol: str, pairs: list[Pair], concurrency: list[int], p: dict[str, Any],
@@ -56,7 +58,8 @@ def sweep(server: ServerProcess, protocol: str, pairs: list[Pair], concurrency: 
     return asyncio.run(run_steps(
         protocol=protocol, url=server.url, grpc_target=server.grpc_target, token=token, pairs=pairs,
         concurrency=concurrency, rates=rates or [], requests=p["requests"], duration=p["duration"] if not rates
-        else p["open_s"], warmup=2, request_timeout=120.0, max_inflight=256, label=label))
+        else p["open_s"], warmup=2, request_timeout=120.0, max_inflight=256, label=label,
+        server_pid=server.proc.pid if server.proc else None))
 
 
 def best(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -83,7 +86,16 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
     acc = load_json(out / "accuracy.json")
     attrs = load_json(out / "attributes.json")
     s: dict[str, Any] = {"machine": machine, "parts_run_now": sorted(parts_run), "wall_s": wall_s,
-                         "gpu": machine.get("gpu") or "none: CPU only (onnxruntime CPUExecutionProvider)"}
+                         "gpu": machine.get("gpu") or "none: CPU only (onnxruntime CPUExecutionProvider)",
+                         "load_average_end": list(os.getloadavg())}
+    runs = {name: (d.get("machine") or {}).get("date") for name, d in (
+        ("raw", raw), ("http", http_on), ("grpc", grpc_on), ("http_nobatch", http_off), ("peers", peers))
+        if d}
+    s["run_dates"] = runs
+    s["warnings"] = []
+    if len(set(runs.values())) > 1:
+        s["warnings"].append("ratios combine result files from different runs: " + ", ".join(
+            f"{k} {v}" for k, v in runs.items()))
     raw_best = raw["best"]["pairs_per_s"] if raw else None
     if raw:
         s["raw"] = {"best": raw["best"], "per_batch": {str(x["batch_pairs"]) + (f"x{x['inflight']}" if
@@ -99,13 +111,23 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
                   "per_concurrency": {str(x["concurrency"]): {"pairs_per_s": x["pairs_per_s"],
                                                               "p50_ms": x["latency_ms"]["p50"],
                                                               "p99_ms": x["latency_ms"]["p99"],
-                                                              "errors": x["errors"]}
+                                                              "errors": x["errors"],
+                                                              "detector_batch": ((x.get("server") or {}).get(
+                                                                  "detector") or {}).get("mean_batch_size"),
+                                                              "server_cpu_cores": x.get("server_cpu_cores"),
+                                                              "client_cpu_cores": x.get("client_cpu_cores")}
                                       for x in data["steps"] if x["mode"] == "closed"},
                   "open_loop": [{"rate": x["rate"], "pairs_per_s": x["pairs_per_s"], "p50_ms": x["latency_ms"]["p50"],
                                  "p99_ms": x["latency_ms"]["p99"], "errors": x["errors"]}
                                 for x in data["steps"] if x["mode"] == "open"]}
         if b and raw_best:
             s[key]["server_over_raw"] = b["pairs_per_s"] / raw_best
+        if b and b.get("server"):
+            s[key]["at_saturation"] = {
+                "server_cpu_cores": b.get("server_cpu_cores"), "client_cpu_cores": b.get("client_cpu_cores"),
+                **{m: {k: b["server"][m].get(k) for k in ("mean_batch_size", "mean_queue_ms", "mean_inference_ms",
+                                                          "busy_share")}
+                   for m in ("detector", "landmarker", "embedder")}}
     if http_on and http_off:
         on = {x["concurrency"]: x for x in http_on["steps"] if x["mode"] == "closed"}
         off = {x["concurrency"]: x for x in http_off["steps"] if x["mode"] == "closed"}
@@ -134,6 +156,12 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
                           "dlib_auc": (peers["dlib"].get("accuracy") or {}).get("auc"),
                           "dlib_no_face": (peers["dlib"].get("accuracy") or {}).get("failures_no_face"),
                           "facerec_no_face": (peers["facerec"].get("accuracy") or {}).get("failures_no_face")}
+    peers_faces = load_json(out / "peers_faces.json")
+    if peers_faces and "skipped" not in peers_faces:
+        s["peers_faces"] = {"pairs": peers_faces["pairs"], "source": peers_faces.get("pairs_source"),
+                            "facerec_pairs_per_s": peers_faces["facerec"]["pairs_per_s"],
+                            "dlib_pairs_per_s": peers_faces["dlib"]["pairs_per_s"],
+                            "ratio_pairs_per_s": peers_faces["ratio_pairs_per_s"]}
     if acc:
         s["accuracy"] = {k: acc.get(k) for k in ("pairs", "threshold", "threshold_cosine", "accuracy_at_threshold",
                                                  "false_accepts", "false_rejects", "failures_no_face", "auc", "eer",
@@ -165,7 +193,8 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
 def summary_text(s: dict[str, Any]) -> str:
     m = s["machine"]
     lines = [f"facerec bench  {m['date']}  {m['cpu']}  {m['cores']} cores  python {m['python']}  "
-             f"onnxruntime {m['versions'].get('onnxruntime')}  GPU: {s.get('gpu')}"]
+             f"onnxruntime {m['versions'].get('onnxruntime')}  GPU: {s.get('gpu')}"
+             + (f"  load average at start {m['load_average_start'][0]:.1f}" if m.get("load_average_start") else "")]
     rows: list[list[Any]] = []
     if "raw" in s:
         rows.append(["raw pipeline, best batch", f"{s['raw']['best']['pairs_per_s']:.2f} pairs/s",
@@ -193,6 +222,11 @@ def summary_text(s: dict[str, Any]) -> str:
             rows.append(["facerec vs face_recognition (dlib)", f"{p['ratio_pairs_per_s']:.2f}x pairs/s",
                          f"{p['facerec_pairs_per_s']:.2f} vs {p['dlib_pairs_per_s']:.2f} pairs/s "
                          f"({p['dlib_workers']} dlib procs), {p['pairs']} pairs"])
+            if "peers_faces" in s:
+                q = s["peers_faces"]
+                rows.append(["same, on the load-test photos", f"{q['ratio_pairs_per_s']:.2f}x pairs/s",
+                             f"{q['facerec_pairs_per_s']:.2f} vs {q['dlib_pairs_per_s']:.2f} pairs/s, "
+                             f"{q['pairs']} pairs"])
             if p.get("facerec_accuracy") is not None:
                 rows.append(["accuracy on those pairs", f"facerec {p['facerec_accuracy']:.4f}",
                              f"dlib {p['dlib_accuracy']:.4f} (at 0.6)"])
@@ -212,10 +246,119 @@ def summary_text(s: dict[str, Any]) -> str:
         rows.append(["landmarks vs dlib 68 (NME)", "-" if nme is None else f"{nme:.3f} x IOD",
                      "-" if a.get("dlib_nme_no_jaw_mean") is None else f"{a['dlib_nme_no_jaw_mean']:.3f} without jaw"])
     lines.append(table(rows, ["measure", "value", "detail"]))
+    lines += [f"warning: {w}" for w in s.get("warnings", [])]
     if "raw" in s:
         lines.append("what limits throughput (raw profile):")
         lines += [f"  {x}" for x in s["raw"]["limits"]]
+    sat = (s.get("http") or {}).get("at_saturation")
+    if sat:
+        cpu = sat.get("server_cpu_cores")
+        lines.append(f"server at HTTP saturation (c={s['http']['at_concurrency']}): "
+                     + (f"{cpu:.2f} cores busy; " if cpu is not None else "")
+                     + "; ".join(f"{m} batch {sat[m]['mean_batch_size'] or 0:.1f}, "
+                                 f"queue {sat[m]['mean_queue_ms'] or 0:.0f} ms, "
+                                 f"worker busy {100 * (sat[m]['busy_share'] or 0):.0f} %"
+                                 for m in ("detector", "landmarker", "embedder")))
     return "\n".join(lines)
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(s: dict[str, Any]) -> str:
+    """The results tables of bench/README.md, from a summary (written to results/summary.md)."""
+    m = s["machine"]
+    out = [f"Run {m['date']} on {m['cpu']}, {m['cores']} cores, {m.get('memory_gib')} GiB; Python {m['python']}, "
+           f"onnxruntime {m['versions'].get('onnxruntime')} (CPUExecutionProvider), numpy "
+           f"{m['versions'].get('numpy')}, OpenCV {m['versions'].get('opencv-python-headless')}, dlib "
+           f"{m['versions'].get('dlib-bin')}. GPU: {s.get('gpu')}. Load average at start "
+           f"{_f((m.get('load_average_start') or [None])[0], '.1f')}, at end "
+           f"{_f((s.get('load_average_end') or [None])[0], '.1f')}.", ""]
+    out += ["| measure | value |", "|---|---|"]
+    if "raw" in s:
+        b = s["raw"]["best"]
+        out.append(f"| raw pipeline in-process, best | **{b['pairs_per_s']:.2f} pairs/s** (batch {b['batch_pairs']} "
+                   f"pairs, {b['inflight']} in flight) |")
+        out.append("| raw per batch size (pairs/s) | " + ", ".join(
+            f"{k}: {v:.2f}" for k, v in s["raw"]["per_batch"].items()) + " |")
+    for key, label in (("http", "server, HTTP"), ("grpc", "server, gRPC"),
+                       ("http_nobatch", "server, HTTP, max batch 1")):
+        if key in s and s[key].get("saturation_pairs_per_s"):
+            x = s[key]
+            out.append(f"| {label}: saturation | **{x['saturation_pairs_per_s']:.2f} pairs/s** "
+                       f"at c={x['at_concurrency']}"
+                       + (f"; server/raw **{x['server_over_raw']:.2f}**" if x.get("server_over_raw") else "") + " |")
+    if "batching" in s:
+        b = s["batching"]
+        out.append(f"| batching on/off at saturation | **{_f(b.get('saturation_ratio'))}x** |")
+        if "c1_p50_ms" in b:
+            out.append(f"| p50 latency at c=1, batching on / off | {b['c1_p50_ms']['on']:.0f} ms / "
+                       f"{b['c1_p50_ms']['off']:.0f} ms |")
+    if "peers" in s and "skipped" not in s["peers"]:
+        p = s["peers"]
+        out.append(f"| facerec / face_recognition (dlib), LFW pairs | **{p['ratio_pairs_per_s']:.2f}x** "
+                   f"({p['facerec_pairs_per_s']:.2f} vs {p['dlib_pairs_per_s']:.2f} pairs/s, {p['pairs']} pairs, "
+                   f"dlib in {p['dlib_workers']} processes) |")
+        if "peers_faces" in s:
+            q = s["peers_faces"]
+            out.append(f"| facerec / face_recognition (dlib), load-test photos | **{q['ratio_pairs_per_s']:.2f}x** "
+                       f"({q['facerec_pairs_per_s']:.2f} vs {q['dlib_pairs_per_s']:.2f} pairs/s, {q['pairs']} pairs) |")
+        if p.get("facerec_accuracy") is not None:
+            out.append(f"| accuracy on those {p['pairs']} LFW pairs, facerec / dlib at 0.6 | "
+                       f"{p['facerec_accuracy']:.4f} / {p['dlib_accuracy']:.4f} "
+                       f"(AUC {_f(p.get('facerec_auc'), '.4f')} / {_f(p.get('dlib_auc'), '.4f')}; "
+                       f"no face {p.get('facerec_no_face')} / {p.get('dlib_no_face')}) |")
+    elif "peers" in s:
+        out.append(f"| face_recognition (dlib) peer | skipped: {s['peers']['skipped']} |")
+    if "accuracy" in s:
+        a = s["accuracy"]
+        out.append(f"| accuracy, lfw-dev pairs.csv ({a['pairs']} pairs) at threshold {a['threshold']} "
+                   f"(cosine {_f(a.get('threshold_cosine'), '.3f')}) | **{a['accuracy_at_threshold']:.4f}** "
+                   f"(FA {a['false_accepts']}, FR {a['false_rejects']}, no face {a['failures_no_face']}); AUC "
+                   f"{a['auc']:.5f}, EER {a['eer']:.4f} |")
+        ap_ = a.get("all_pairs")
+        if ap_:
+            out.append(f"| all pairs of the LFW dev images ({ap_['genuine']} genuine, {ap_['impostor']} impostor) | "
+                       f"FAR {_f(ap_['far_at_threshold'], '.5f')}, FRR {_f(ap_['frr_at_threshold'], '.4f')}, "
+                       f"TAR at FAR 0.1 % {_f(ap_.get('tar_at_far_0.001'), '.4f')} |")
+    if "http" in s and "http_nobatch" in s:
+        on, off = s["http"]["per_concurrency"], s["http_nobatch"]["per_concurrency"]
+        out += ["", "| concurrency | batching on: pairs/s | p50 / p99 ms | detector batch | server CPU cores "
+                "| batching off: pairs/s | p50 / p99 ms | on/off |", "|---|---|---|---|---|---|---|---|"]
+        for c in on:
+            a, b = on[c], off.get(c)
+            out.append(f"| {c} | {a['pairs_per_s']:.2f} | {_f(a['p50_ms'], '.0f')} / {_f(a['p99_ms'], '.0f')} | "
+                       f"{_f(a.get('detector_batch'), '.1f')} | {_f(a.get('server_cpu_cores'))} | "
+                       + (f"{b['pairs_per_s']:.2f} | {_f(b['p50_ms'], '.0f')} / {_f(b['p99_ms'], '.0f')} | "
+                          f"{a['pairs_per_s'] / max(b['pairs_per_s'], 1e-9):.2f} |" if b else "- | - | - |"))
+    if "grpc" in s:
+        out += ["", "| gRPC concurrency | pairs/s | p50 / p99 ms |", "|---|---|---|"]
+        out += [f"| {c} | {x['pairs_per_s']:.2f} | {_f(x['p50_ms'], '.0f')} / {_f(x['p99_ms'], '.0f')} |"
+                for c, x in s["grpc"]["per_concurrency"].items()]
+    if "http" in s and s["http"].get("open_loop"):
+        out += ["", "| open loop, offered pairs/s | achieved | p50 / p99 ms |", "|---|---|---|"]
+        out += [f"| {x['rate']:.2f} | {x['pairs_per_s']:.2f} | {_f(x['p50_ms'], '.0f')} / {_f(x['p99_ms'], '.0f')} |"
+                for x in s["http"]["open_loop"]]
+    if "attributes" in s:
+        a = s["attributes"]
+        out += ["", "| attribute check | mean error |", "|---|---|",
+                f"| roll after rotation +-15 / +-30 deg | {_f(a['roll_error_deg_rot15_mean'])} / "
+                f"{_f(a['roll_error_deg_rot30_mean'])} deg (max {_f(a['roll_error_deg_rot30_max'])}) |",
+                f"| flip: yaw / roll sign symmetry | {_f(a['flip_yaw_error_deg_mean'])} / "
+                f"{_f(a['flip_roll_error_deg_mean'])} deg |",
+                f"| luminance ratio with pixels halved (ideal 0.5) | {_f(a['luminance_ratio_half_mean'], '.3f')} |",
+                f"| occlusion rise, lower face covered | {_f(a['occlusion_rise_mean'], '.3f')} "
+                f"(rises in {_f(100 * (a['occlusion_fraction_rising'] or 0), '.0f')} % of images) |",
+                f"| quality drop, face blurred | {_f(a['quality_drop_mean'], '.3f')} "
+                f"(drops in {_f(100 * (a['quality_fraction_dropping'] or 0), '.0f')} % of images) |",
+                f"| landmarks vs dlib 68, NME (x outer inter-ocular) | {_f(a['dlib_nme_mean'], '.3f')} "
+                f"({_f(a['dlib_nme_no_jaw_mean'], '.3f')} without the jaw) |"]
+    if "raw" in s:
+        out += ["", "Raw profile (where a pair's time goes in-process):", ""]
+        out += [f"    {x}" for x in s["raw"]["limits"]]
+    out += ["", *(f"> warning: {w}" for w in s.get("warnings", []))]
+    return "\n".join(out).rstrip() + "\n"
 
 
 def run_server_part(env: dict[str, str], body: Any) -> None:
@@ -248,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         p["http_c"] = args.concurrency
     t0 = time.perf_counter()
     machine = machine_info()
+    machine["load_average_start"] = list(os.getloadavg())  # other work on the machine skews every number
     out.mkdir(parents=True, exist_ok=True)
     pairs, source = load_pairs(args.folder, None)
     print(f"facerec bench: {machine['cpu']}, {machine['cores']} cores; {len(pairs)} pairs from {source}; "
@@ -315,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(out / "peers.json", rep)
                 peers.plot_roc(rep, out / "peers_roc.png")
                 print(peers.summary_table(rep))
+                # Speed only, on the load test's own photos (up to 1280 px: HOG upsampling makes dlib pay more).
+                big = pairs[: p["peers_faces_limit"]]
+                rep = peers.run(big, workers=machine["cores"], batch=min(batch, len(big)))
+                write_json(out / "peers_faces.json", {"machine": machine, "pairs_source": source, **rep})
+                print(peers.summary_table(rep))
 
     if "accuracy" in parts:
         with timed_section("accuracy on lfw-dev (bench.accuracy)"):
@@ -351,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = build_summary(machine, previous, parts, time.perf_counter() - t0, out)
     summary["quick"] = args.quick
     write_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(markdown(summary))
     print()
     print(summary_text(summary))
     print(f"\nresults in {out} ({time.perf_counter() - t0:.0f} s)")

@@ -260,6 +260,7 @@ def server_stats(before: Samples, after: Samples) -> dict[str, Any]:
             "mean_queue_ms": 1000 * q_s / q_n if q_n else None,
             "mean_inference_ms": 1000 * i_s / i_n if i_n else None,
             "inference_ms_per_item": 1000 * i_s / items if items else None,
+            "inference_seconds": i_s,
         }
     rejected = {}
     for (name, labels), _ in after.items():
@@ -269,6 +270,17 @@ def server_stats(before: Samples, after: Samples) -> dict[str, Any]:
                 rejected[dict(labels).get("reason", "?")] = int(d)
     out["rejected"] = rejected
     return out
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds of a process (all its threads) so far; this process when ``pid`` is None."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------------------------- numbers, reports

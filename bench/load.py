@@ -31,6 +31,7 @@ from bench.common import (
     Pair,
     Progress,
     Samples,
+    cpu_seconds,
     csv_floats,
     csv_ints,
     latency_summary,
@@ -216,7 +217,7 @@ def summarize(step: StepResult, *, protocol: str, mode: str, level: float) -> di
 async def run_steps(*, protocol: str, url: str, grpc_target: str, token: str, pairs: list[Pair],
                     concurrency: list[int], rates: list[float], requests: int, duration: float,
                     warmup: int, request_timeout: float, max_inflight: int, show_progress: bool = True,
-                    label: str = "") -> list[dict[str, Any]]:
+                    label: str = "", server_pid: int | None = None) -> list[dict[str, Any]]:
     """Run each step (closed-loop levels, then open-loop rates) and return one summary per step."""
     conns = max([*concurrency, max_inflight if rates else 1, 1])
     client: HttpClient | GrpcClient
@@ -236,6 +237,7 @@ async def run_steps(*, protocol: str, url: str, grpc_target: str, token: str, pa
                                   duration, quiet, start_index=index)
                 index += n_warm
             before = await scrape(url)
+            cpu0 = (cpu_seconds(), cpu_seconds(server_pid) if server_pid else None)
             desc = f"{label}{protocol} {'c' if mode == 'closed' else 'rate '}={level:g}"
             prog = Progress(requests, desc, enabled=show_progress)
             if mode == "closed":
@@ -245,9 +247,18 @@ async def run_steps(*, protocol: str, url: str, grpc_target: str, token: str, pa
                                        start_index=index)
             prog.close()
             index += sum(step.statuses.values()) + step.dropped
+            cpu1 = (cpu_seconds(), cpu_seconds(server_pid) if server_pid else None)
             after = await scrape(url)
             res = summarize(step, protocol=protocol, mode=mode, level=level)
+            # Cores kept busy during the step: the load generator itself shares the machine with the server.
+            res["client_cpu_cores"] = (cpu1[0] - cpu0[0]) / step.elapsed  # type: ignore[operator]
+            if cpu0[1] is not None and cpu1[1] is not None:
+                res["server_cpu_cores"] = (cpu1[1] - cpu0[1]) / step.elapsed
             res["server"] = server_stats(before, after) if before is not None and after is not None else None
+            if res["server"]:
+                for m in ("detector", "landmarker", "embedder"):
+                    # Share of the step each model's single batch worker spent running batches.
+                    res["server"][m]["busy_share"] = res["server"][m]["inference_seconds"] / step.elapsed
             results.append(res)
             print(step_line(res), file=sys.stderr, flush=True)
     finally:
@@ -264,8 +275,11 @@ def step_line(r: dict[str, Any]) -> str:
     p50 = "-" if lat["p50"] is None else f"{lat['p50']:.0f}"
     p99 = "-" if lat["p99"] is None else f"{lat['p99']:.0f}"
     b = "-" if batch is None else f"{batch:.1f}"
+    cpu = f"  cpu client {r['client_cpu_cores']:.2f}" if "client_cpu_cores" in r else ""
+    if r.get("server_cpu_cores") is not None:
+        cpu += f" server {r['server_cpu_cores']:.2f} cores"
     return (f"  {r['protocol']:4s} {lvl:>10s}: {r['pairs_per_s']:6.2f} pairs/s  p50 {p50} ms  p99 {p99} ms  "
-            f"errors {errs}  detector batch {b}")
+            f"errors {errs}  detector batch {b}{cpu}")
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
@@ -277,9 +291,11 @@ def results_table(results: list[dict[str, Any]]) -> str:
                      lat["p50"], lat["p90"], lat["p95"], lat["p99"], lat["max"],
                      *((srv.get(m) or {}).get("mean_batch_size") for m in ("detector", "landmarker", "embedder")),
                      (srv.get("detector") or {}).get("mean_queue_ms"),
-                     (srv.get("embedder") or {}).get("mean_inference_ms")])
+                     (srv.get("embedder") or {}).get("mean_inference_ms"),
+                     r.get("client_cpu_cores"), r.get("server_cpu_cores")])
     return table(rows, ["proto", "mode", "level", "ok", "err", "pairs/s", "p50 ms", "p90", "p95", "p99", "max",
-                        "det batch", "lmk batch", "emb batch", "det queue ms", "emb infer ms"])
+                        "det batch", "lmk batch", "emb batch", "det queue ms", "emb infer ms", "client cpu",
+                        "server cpu"])
 
 
 def resolve_token(args: argparse.Namespace) -> str:

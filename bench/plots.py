@@ -17,6 +17,13 @@ def _plt() -> Any:
     return plt
 
 
+def _ticks(ax: Any, values: list[int]) -> None:
+    """Plain tick labels (1, 2, 4, ...) on a log2 axis."""
+    vals = sorted(set(values))
+    ax.set_xticks(vals, [str(v) for v in vals])
+    ax.minorticks_off()
+
+
 def _closed(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in steps if s["mode"] == "closed"]
 
@@ -34,6 +41,7 @@ def throughput(series: dict[str, list[dict[str, Any]]], raw_best: float | None, 
         ax.axhline(raw_best, color="k", ls="--", lw=1, label=f"raw in-process bound ({raw_best:.1f})")
         ax.axhline(0.85 * raw_best, color="k", ls=":", lw=1, label="85 % of raw")
     ax.set_xscale("log", base=2)
+    _ticks(ax, [s["concurrency"] for st in series.values() for s in _closed(st)])
     ax.set_xlabel("concurrent clients (closed loop)")
     ax.set_ylabel("pairs / s")
     ax.set_ylim(bottom=0)
@@ -61,6 +69,7 @@ def latency(series: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
             ax.plot(c, [s["latency_ms"][q] for s in st], ls=ls, marker=".", color=colour, label=f"{label} {q}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    _ticks(ax, [s["concurrency"] for st in series.values() for s in _closed(st)])
     ax.set_xlabel("concurrent clients (closed loop)")
     ax.set_ylabel("latency, ms")
     ax.set_title("Latency percentiles vs concurrency")
@@ -90,17 +99,19 @@ def batching(on: list[dict[str, Any]], off: list[dict[str, Any]], path: Path) ->
         r = on_c[c]["pairs_per_s"] / max(off_c[c]["pairs_per_s"], 1e-9)
         ax1.text(i, max(on_c[c]["pairs_per_s"], off_c[c]["pairs_per_s"]) * 1.02, f"{r:.2f}x", ha="center",
                  fontsize=8)
+    ax1.set_ylim(0, 1.3 * max(max(on_c[c]["pairs_per_s"], off_c[c]["pairs_per_s"]) for c in cs))
     ax1.set_xticks(list(x), [str(c) for c in cs])
     ax1.set_xlabel("concurrent clients")
     ax1.set_ylabel("pairs / s")
     ax1.set_title("Throughput, batching on vs off (HTTP)")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="upper left", ncol=2)
     ax2.plot(cs, [on_c[c]["latency_ms"]["p50"] for c in cs], marker="o", label="on p50")
     ax2.plot(cs, [off_c[c]["latency_ms"]["p50"] for c in cs], marker="o", ls="--", label="off p50")
     ax2.plot(cs, [on_c[c]["latency_ms"]["p99"] for c in cs], marker=".", label="on p99")
     ax2.plot(cs, [off_c[c]["latency_ms"]["p99"] for c in cs], marker=".", ls="--", label="off p99")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
+    _ticks(ax2, cs)
     ax2.set_xlabel("concurrent clients")
     ax2.set_ylabel("latency, ms")
     ax2.set_title("Latency, batching on vs off")
@@ -123,6 +134,7 @@ def raw_profile(raw: dict[str, Any], path: Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot([s["batch_pairs"] for s in steps], [s["pairs_per_s"] for s in steps], marker="o")
     ax1.set_xscale("log", base=2)
+    _ticks(ax1, [s["batch_pairs"] for s in steps])
     ax1.set_xlabel("pairs per pipeline batch")
     ax1.set_ylabel("pairs / s")
     ax1.set_ylim(bottom=0)

@@ -19,6 +19,7 @@ from server.analysis.calibration import ScoreCalibration
 from server.inference.backend import MODEL_NAMES
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.pipeline import FacePipeline, FaceResult, PipelineConfig
+from server.inference.triton_local import LocalTriton
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES_DIR = ROOT.parent / "shared" / "faces"
@@ -132,3 +133,19 @@ def mesh_of(pipeline: FacePipeline, backend: OnnxRuntimeBackend) -> Callable[[RG
         return mesh[0]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def local_triton() -> Iterator[LocalTriton]:
+    """A real tritonserver (bundled in nvidia-pytriton) serving the model repository on CPU, once per session."""
+    from server.inference.triton_local import TritonUnavailableError
+
+    missing = [m for m in MODEL_NAMES if not (MODEL_REPOSITORY / m / "1" / "model.onnx").is_file()]
+    if missing:
+        pytest.skip(f"model repository incomplete ({', '.join(missing)}): run `make models`")
+    try:
+        triton = LocalTriton(MODEL_REPOSITORY).start()
+    except TritonUnavailableError as exc:
+        pytest.skip(f"local tritonserver unavailable: {exc}")
+    yield triton
+    triton.stop()

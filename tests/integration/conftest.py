@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,22 @@ def _pg_exec(dsn: str, sql: str) -> None:
 
 
 @dataclass(frozen=True)
+class InferenceTarget:
+    """Which inference backend a test module runs on: the session's onnxruntime models, or a real tritonserver."""
+
+    kind: str
+    backend: InferenceBackend | None = None
+    triton_url: str | None = None
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", pytest.param("triton", marks=pytest.mark.triton)])
+def inference(request: pytest.FixtureRequest) -> InferenceTarget:
+    if request.param == "onnxruntime":
+        return InferenceTarget("onnxruntime", backend=request.getfixturevalue("backend"))
+    return InferenceTarget("triton", triton_url=request.getfixturevalue("local_triton").grpc_url)
+
+
+@dataclass(frozen=True)
 class StoreTarget:
     """Where one test module's scans live: a SQLite file or a PostgreSQL schema of its own."""
 
@@ -110,7 +126,9 @@ class StoreTarget:
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreTarget]:
+def store_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 inference: InferenceTarget) -> Iterator[StoreTarget]:
+    # Depending on ``inference`` gives every (store, backend) pair of a module a fresh database of its own.
     data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
     settings = Settings(data_dir=data_dir, model_repository=PROJECT_ROOT / "model_repository", device="cpu",
                         grpc_port=0, max_wait_ms=5.0)
@@ -150,23 +168,36 @@ class Api:
         return {"Authorization": f"Bearer {self.token(roles, company=company, user=user)}"}
 
 
-async def start_runtime(target: StoreTarget, backend: InferenceBackend, **changes: Any) -> Runtime:
-    """A runtime on the module's store sharing the session's models (``changes`` tweak the settings)."""
-    settings = target.settings.replace(**changes) if changes else target.settings
-    store = create_store(settings, connect_args=target.connect_args)
-    return await Runtime.start(settings, backend=SharedBackend(backend), store=store)
+RuntimeFactory = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture(scope="module")
+def start_runtime(store_target: StoreTarget, inference: InferenceTarget) -> RuntimeFactory:
+    """``await start_runtime(**settings_changes)``: a runtime on the module's store and inference backend."""
+
+    async def start(**changes: Any) -> Runtime:
+        settings = store_target.settings.replace(**changes) if changes else store_target.settings
+        store = create_store(settings, connect_args=store_target.connect_args)
+        if inference.kind == "triton":
+            # The runtime connects (and later closes) its own client; Triton batches, so our wait is 0.
+            settings = settings.replace(backend="triton", triton_url=inference.triton_url, max_wait_ms=0.0)
+            return await Runtime.start(settings, store=store)
+        assert inference.backend is not None
+        return await Runtime.start(settings, backend=SharedBackend(inference.backend), store=store)
+
+    return start
 
 
 ApiFactory = Callable[..., contextlib.AbstractAsyncContextManager[Api]]
 
 
 @pytest.fixture
-def make_api(store_target: StoreTarget, backend: InferenceBackend) -> ApiFactory:
+def make_api(start_runtime: RuntimeFactory) -> ApiFactory:
     """``async with make_api(**settings_changes) as api``: an app on a caller-owned runtime, served in-process."""
 
     @contextlib.asynccontextmanager
     async def make(**changes: Any) -> AsyncIterator[Api]:
-        runtime = await start_runtime(store_target, backend, **changes)
+        runtime = await start_runtime(**changes)
         transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://facerec.test", timeout=60) as client:

@@ -15,8 +15,6 @@ from typing import Any
 
 import grpc
 import msgspec
-import numpy as np
-import numpy.typing as npt
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
@@ -30,11 +28,8 @@ from server.api.grpc.server import refresh_health
 from server.api.schemas import CompareResponse, ScanEntity
 from server.auth import ALL_ROLES, LOCAL_ISSUER, ROLE_COMPARE, ROLE_READ
 from server.domain import Channel, CompareResult, Scan
-from server.inference.backend import ModelSpec
-from server.inference.onnxrt import OnnxRuntimeBackend
 from server.runtime import Runtime
 from server.service import ScanService
-from server.store import create_store
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,29 +43,6 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-class SharedBackend:
-    """Delegates to the session's backend but ignores ``aclose``, so closing a Runtime leaves it loaded."""
-
-    def __init__(self, inner: OnnxRuntimeBackend) -> None:
-        self._inner = inner
-
-    async def infer(self, model: str, inputs: dict[str, npt.NDArray[np.float32]]) -> dict[str, Any]:
-        return await self._inner.infer(model, inputs)
-
-    def spec(self, model: str) -> ModelSpec:
-        return self._inner.spec(model)
-
-    async def ready(self) -> bool:
-        return await self._inner.ready()
-
-    @property
-    def description(self) -> str:
-        return self._inner.description
-
-    async def aclose(self) -> None:
-        return None
 
 
 def read_photo(name: str) -> bytes:
@@ -97,11 +69,9 @@ class Env:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(store_target: Any, backend: OnnxRuntimeBackend, faces_dir: Path) -> AsyncIterator[Env]:
-    """One runtime and gRPC server per store (``store_target``: SQLite, or a PostgreSQL schema of its own)."""
-    settings = store_target.settings.replace(max_file_bytes=MAX_FILE, max_request_bytes=MAX_REQUEST)
-    store = create_store(settings, connect_args=store_target.connect_args)
-    runtime = await Runtime.start(settings, backend=SharedBackend(backend), store=store)
+async def env(store_target: Any, start_runtime: Any, faces_dir: Path) -> AsyncIterator[Env]:
+    """One runtime and gRPC server per store and inference backend (SQLite or PostgreSQL; onnxruntime or Triton)."""
+    runtime = await start_runtime(max_file_bytes=MAX_FILE, max_request_bytes=MAX_REQUEST)
     server = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
