@@ -180,7 +180,8 @@ def start_runtime(store_target: StoreTarget, inference: InferenceTarget) -> Runt
         store = create_store(settings, connect_args=store_target.connect_args)
         if inference.kind == "triton":
             # The runtime connects (and later closes) its own client; Triton batches, so our wait is 0.
-            settings = settings.replace(backend="triton", triton_url=inference.triton_url, max_wait_ms=0.0)
+            settings = settings.replace(backend="triton", triton_url=inference.triton_url,
+                                        max_wait_ms=changes.get("max_wait_ms", 0.0))
             return await Runtime.start(settings, store=store)
         assert inference.backend is not None
         return await Runtime.start(settings, backend=SharedBackend(inference.backend), store=store)
