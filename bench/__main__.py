@@ -93,6 +93,14 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
         if d}
     s["run_dates"] = runs
     s["warnings"] = []
+    others = [x.get("other_cpu_cores") for d in (raw, http_on, grpc_on, http_off) if d for x in d["steps"]]
+    others = [o for o in others if o is not None]
+    if others:
+        s["other_cpu_cores_mean"] = sum(others) / len(others)
+        if s["other_cpu_cores_mean"] > 0.25:
+            s["warnings"].append(f"other processes used {s['other_cpu_cores_mean']:.2f} of {machine['cores']} cores "
+                                 "on average during the measured steps (up to "
+                                 f"{max(others):.2f}): throughput and latency numbers are skewed low")
     if len(set(runs.values())) > 1:
         s["warnings"].append("ratios combine result files from different runs: " + ", ".join(
             f"{k} {v}" for k, v in runs.items()))
@@ -115,6 +123,7 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
                                                               "detector_batch": ((x.get("server") or {}).get(
                                                                   "detector") or {}).get("mean_batch_size"),
                                                               "server_cpu_cores": x.get("server_cpu_cores"),
+                                                              "other_cpu_cores": x.get("other_cpu_cores"),
                                                               "client_cpu_cores": x.get("client_cpu_cores")}
                                       for x in data["steps"] if x["mode"] == "closed"},
                   "open_loop": [{"rate": x["rate"], "pairs_per_s": x["pairs_per_s"], "p50_ms": x["latency_ms"]["p50"],
@@ -324,14 +333,17 @@ def markdown(s: dict[str, Any]) -> str:
                        f"TAR at FAR 0.1 % {_f(ap_.get('tar_at_far_0.001'), '.4f')} |")
     if "http" in s and "http_nobatch" in s:
         on, off = s["http"]["per_concurrency"], s["http_nobatch"]["per_concurrency"]
-        out += ["", "| concurrency | batching on: pairs/s | p50 / p99 ms | detector batch | server CPU cores "
-                "| batching off: pairs/s | p50 / p99 ms | on/off |", "|---|---|---|---|---|---|---|---|"]
+        out += ["", "| concurrency | batching on: pairs/s | p50 / p99 ms | detector batch | server / other CPU cores "
+                "| batching off: pairs/s | p50 / p99 ms | server / other CPU | on/off |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for c in on:
             a, b = on[c], off.get(c)
             out.append(f"| {c} | {a['pairs_per_s']:.2f} | {_f(a['p50_ms'], '.0f')} / {_f(a['p99_ms'], '.0f')} | "
-                       f"{_f(a.get('detector_batch'), '.1f')} | {_f(a.get('server_cpu_cores'))} | "
+                       f"{_f(a.get('detector_batch'), '.1f')} | {_f(a.get('server_cpu_cores'), '.1f')} / "
+                       f"{_f(a.get('other_cpu_cores'), '.1f')} | "
                        + (f"{b['pairs_per_s']:.2f} | {_f(b['p50_ms'], '.0f')} / {_f(b['p99_ms'], '.0f')} | "
-                          f"{a['pairs_per_s'] / max(b['pairs_per_s'], 1e-9):.2f} |" if b else "- | - | - |"))
+                          f"{_f(b.get('server_cpu_cores'), '.1f')} / {_f(b.get('other_cpu_cores'), '.1f')} | "
+                          f"{a['pairs_per_s'] / max(b['pairs_per_s'], 1e-9):.2f} |" if b else "- | - | - | - |"))
     if "grpc" in s:
         out += ["", "| gRPC concurrency | pairs/s | p50 / p99 ms |", "|---|---|---|"]
         out += [f"| {c} | {x['pairs_per_s']:.2f} | {_f(x['p50_ms'], '.0f')} / {_f(x['p99_ms'], '.0f')} |"

@@ -283,6 +283,39 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores of the machine spent busy so far (from /proc/stat), to spot other work running."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    v = [int(x) for x in fields]
+    busy = sum(v[:8]) - v[3] - v[4]  # user nice system idle iowait irq softirq steal: all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Cores used over an interval by this process, one other process (the server) and everything else."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
+        self.t0 = time.perf_counter()
+        self.own0, self.pid0, self.all0 = cpu_seconds(), cpu_seconds(pid) if pid else None, machine_busy_seconds()
+
+    def read(self) -> dict[str, float | None]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        own = (time.process_time() - (self.own0 or 0.0)) / dt
+        srv = None
+        if self.pid and self.pid0 is not None and (p1 := cpu_seconds(self.pid)) is not None:
+            srv = (p1 - self.pid0) / dt
+        total = None
+        if self.all0 is not None and (a1 := machine_busy_seconds()) is not None:
+            total = (a1 - self.all0) / dt
+        other = None if total is None else max(total - own - (srv or 0.0), 0.0)
+        return {"self_cpu_cores": own, "server_cpu_cores": srv, "machine_busy_cores": total,
+                "other_cpu_cores": other}
+
+
 # ----------------------------------------------------------------------------------------------- numbers, reports
 
 

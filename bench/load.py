@@ -28,10 +28,10 @@ from typing import Any
 
 from bench.common import (
     RESULTS,
+    CpuMeter,
     Pair,
     Progress,
     Samples,
-    cpu_seconds,
     csv_floats,
     csv_ints,
     latency_summary,
@@ -237,7 +237,7 @@ async def run_steps(*, protocol: str, url: str, grpc_target: str, token: str, pa
                                   duration, quiet, start_index=index)
                 index += n_warm
             before = await scrape(url)
-            cpu0 = (cpu_seconds(), cpu_seconds(server_pid) if server_pid else None)
+            meter = CpuMeter(server_pid)
             desc = f"{label}{protocol} {'c' if mode == 'closed' else 'rate '}={level:g}"
             prog = Progress(requests, desc, enabled=show_progress)
             if mode == "closed":
@@ -247,13 +247,14 @@ async def run_steps(*, protocol: str, url: str, grpc_target: str, token: str, pa
                                        start_index=index)
             prog.close()
             index += sum(step.statuses.values()) + step.dropped
-            cpu1 = (cpu_seconds(), cpu_seconds(server_pid) if server_pid else None)
+            cpu = meter.read()
             after = await scrape(url)
             res = summarize(step, protocol=protocol, mode=mode, level=level)
-            # Cores kept busy during the step: the load generator itself shares the machine with the server.
-            res["client_cpu_cores"] = (cpu1[0] - cpu0[0]) / step.elapsed  # type: ignore[operator]
-            if cpu0[1] is not None and cpu1[1] is not None:
-                res["server_cpu_cores"] = (cpu1[1] - cpu0[1]) / step.elapsed
+            # Cores kept busy during the step: the load generator shares the machine with the server, and any
+            # other work on the machine ("other") takes CPU from both and skews the step.
+            res["client_cpu_cores"] = cpu["self_cpu_cores"]
+            res["server_cpu_cores"] = cpu["server_cpu_cores"]
+            res["other_cpu_cores"] = cpu["other_cpu_cores"]
             res["server"] = server_stats(before, after) if before is not None and after is not None else None
             if res["server"]:
                 for m in ("detector", "landmarker", "embedder"):
@@ -277,7 +278,9 @@ def step_line(r: dict[str, Any]) -> str:
     b = "-" if batch is None else f"{batch:.1f}"
     cpu = f"  cpu client {r['client_cpu_cores']:.2f}" if "client_cpu_cores" in r else ""
     if r.get("server_cpu_cores") is not None:
-        cpu += f" server {r['server_cpu_cores']:.2f} cores"
+        cpu += f" server {r['server_cpu_cores']:.2f}"
+    if r.get("other_cpu_cores") is not None:
+        cpu += f" other {r['other_cpu_cores']:.2f} cores"
     return (f"  {r['protocol']:4s} {lvl:>10s}: {r['pairs_per_s']:6.2f} pairs/s  p50 {p50} ms  p99 {p99} ms  "
             f"errors {errs}  detector batch {b}{cpu}")
 
@@ -292,10 +295,10 @@ def results_table(results: list[dict[str, Any]]) -> str:
                      *((srv.get(m) or {}).get("mean_batch_size") for m in ("detector", "landmarker", "embedder")),
                      (srv.get("detector") or {}).get("mean_queue_ms"),
                      (srv.get("embedder") or {}).get("mean_inference_ms"),
-                     r.get("client_cpu_cores"), r.get("server_cpu_cores")])
+                     r.get("client_cpu_cores"), r.get("server_cpu_cores"), r.get("other_cpu_cores")])
     return table(rows, ["proto", "mode", "level", "ok", "err", "pairs/s", "p50 ms", "p90", "p95", "p99", "max",
                         "det batch", "lmk batch", "emb batch", "det queue ms", "emb infer ms", "client cpu",
-                        "server cpu"])
+                        "server cpu", "other cpu"])
 
 
 def resolve_token(args: argparse.Namespace) -> str:

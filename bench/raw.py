@@ -28,6 +28,7 @@ import numpy as np
 from bench.common import (
     MODELS,
     RESULTS,
+    CpuMeter,
     Pair,
     Progress,
     csv_ints,
@@ -164,6 +165,7 @@ class RawBench:
         issued = 0
         lat: list[float] = []
         prog = Progress(requests, f"raw batch={batch} inflight={inflight}", enabled=progress)
+        meter = CpuMeter()
         t_start = time.perf_counter()
         deadline = t_start + duration
 
@@ -182,8 +184,10 @@ class RawBench:
 
         await asyncio.gather(*(worker() for _ in range(inflight)))
         elapsed = time.perf_counter() - t_start
+        cpu = meter.read()
         prog.close()
         return {"batch_pairs": batch, "inflight": inflight, "pairs": done, "no_face": failed,
+                "cpu_cores": cpu["self_cpu_cores"], "other_cpu_cores": cpu["other_cpu_cores"],
                 "elapsed_s": elapsed, "pairs_per_s": done / elapsed,
                 "batch_latency_ms": {"p50": float(np.percentile(lat, 50)) * 1000, "max": max(lat) * 1000},
                 "profile": profile(self.timer.snapshot(), elapsed, done, inflight)}
@@ -242,7 +246,8 @@ async def run(pairs: list[Pair], batches: list[int], *, requests: int, duration:
     async with RawBench(settings) as rb:
         for b in batches:
             steps.append(await rb.step(pairs, b, requests=requests, duration=duration, progress=progress))
-            print(f"  raw batch {b:>2} pairs: {steps[-1]['pairs_per_s']:.2f} pairs/s", file=sys.stderr)
+            print(f"  raw batch {b:>2} pairs: {steps[-1]['pairs_per_s']:.2f} pairs/s, {steps[-1]['cpu_cores']:.2f} "
+                  f"cores (other work: {steps[-1]['other_cpu_cores'] or 0:.2f} cores)", file=sys.stderr)
         best_b = max(steps, key=lambda s: s["pairs_per_s"])["batch_pairs"]
         for k in inflight:
             if k > 1:

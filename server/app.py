@@ -18,9 +18,12 @@ from server.api.http import (
     EXCEPTION_HANDLERS,
     ROUTE_HANDLERS,
     RequestContextMiddleware,
+    add_security_headers,
     provide_principal,
     provide_service,
 )
+from server.api.http.controllers import COMPARE_PATHS
+from server.disconnect import CancelOnDisconnect
 from server.errors import FacerecError
 from server.runtime import Runtime
 from server.service import ScanService
@@ -49,6 +52,20 @@ async def purge_forever(store: ScanStore, days: int, interval_s: float = RETENTI
 Lifespan = Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]
 
 
+def stop_grpc(app: Litestar) -> asyncio.Future[None] | None:
+    """Begin stopping the app's gRPC server (once; later calls return the same future), None without one.
+
+    ``facerec serve`` calls this as soon as SIGTERM arrives, so gRPC stops accepting calls and drains its
+    in-flight ones while HTTP drains too; the lifespan's shutdown then awaits it.
+    """
+    stopping: asyncio.Future[None] | None = app.state.get("grpc_stopping")
+    server = app.state.get("grpc_server")
+    if stopping is None and server is not None:
+        stopping = asyncio.ensure_future(server.stop(app.state.settings.shutdown_grace_s))
+        app.state.grpc_stopping = stopping
+    return stopping
+
+
 def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -63,6 +80,7 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
                 from server.api.grpc.server import start_grpc_server
 
                 grpc_server = await start_grpc_server(rt, service, settings.host, settings.grpc_port)
+                app.state.grpc_server = grpc_server
             if settings.retention_days:
                 retention = asyncio.create_task(purge_forever(rt.store, settings.retention_days),
                                                 name="facerec-retention")
@@ -72,8 +90,9 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
-            if grpc_server is not None:
-                await grpc_server.stop(settings.shutdown_grace_s)
+            stopping = stop_grpc(app)
+            if stopping is not None:
+                await stopping
             if runtime is None:  # a runtime passed in belongs to the caller
                 await rt.aclose()
 
@@ -99,7 +118,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         dependencies={"principal": Provide(provide_principal),
                       "service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware()],
+        middleware=[RequestContextMiddleware(), CancelOnDisconnect(COMPARE_PATHS)],
+        before_send=[add_security_headers],
         request_max_body_size=settings.max_request_bytes,
         cors_config=cors,
         openapi_config=OpenAPIConfig(title="facerec", version="1.0.0", path="/schema",

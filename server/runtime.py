@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy.typing as npt
 from server.analysis.calibration import ScoreCalibration
 from server.auth import LocalIssuer, TokenVerifier
 from server.errors import Unavailable
-from server.inference.backend import MODEL_NAMES, InferenceBackend
+from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec, load_spec
 from server.inference.batcher import Batcher
 from server.inference.pipeline import FacePipeline, PipelineConfig
 from server.metrics import Metrics
@@ -76,13 +77,41 @@ class BatchedRunner:
         for b in self.batchers.values():
             await b.aclose()
 
+    def admit(self, model: str, n: int) -> None:
+        """Raise ``Overloaded`` now unless ``model``'s queue has room for ``n`` more rows."""
+        self.batchers[model].admit(n)
+
     async def infer(self, model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
         ctx = call_context.get()
         n = len(next(iter(inputs.values())))
         batcher = self.batchers[model]
         rows = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(n)]
-        outs = await asyncio.gather(*(batcher.submit(r, source=ctx.source, deadline=ctx.deadline) for r in rows))
+        tasks = [asyncio.ensure_future(batcher.submit(r, source=ctx.source, deadline=ctx.deadline)) for r in rows]
+        try:
+            outs = await asyncio.gather(*tasks)
+        except BaseException:
+            # gather leaves the other rows running when one fails (Overloaded, DeadlineExceeded, a failed
+            # batch): their work is useless now, so withdraw it; the batcher drops cancelled waiters unrun.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
+
+
+async def _backend_or_pending(settings: Settings) -> InferenceBackend:
+    """The configured backend; when it cannot start but the local repository has the model configs, a
+    :class:`PendingBackend` that reports why and keeps retrying (the process starts not-ready)."""
+    try:
+        return await create_backend(settings)
+    except Unavailable as exc:
+        try:
+            specs = {m: load_spec(settings.model_repository, m) for m in MODEL_NAMES}
+        except (OSError, ValueError, KeyError):
+            raise exc from None  # nothing to shape the batchers with: refuse to start, with the first reason
+        log.error("inference backend unavailable: %s; serving not-ready (/health/ready says why) and retrying "
+                  "every %.0f s", exc.detail, BACKEND_RETRY_S)
+        return PendingBackend(settings, exc.detail, specs)
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -90,6 +119,63 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     return PipelineConfig(detector_size=settings.detector_size,
                           detector_score_threshold=settings.detector_score_threshold,
                           min_face_px=settings.min_face_px, threshold=settings.threshold)
+
+
+BACKEND_RETRY_S = 10.0
+
+
+class PendingBackend:
+    """Stands in for a backend that could not start (a model file that does not load, Triton not reachable).
+
+    The process keeps serving: ``ready()`` is False (so /health/ready and gRPC health say NOT_SERVING, with
+    :attr:`reason`), every inference is ``Unavailable`` (503), and a readiness check at most every
+    ``retry_s`` seconds tries to start the real backend again, so a fixed model or a Triton that comes up later
+    heals the process without a restart. Model specs come from the local repository's ``config.pbtxt``.
+    """
+
+    def __init__(self, settings: Settings, reason: str, specs: dict[str, ModelSpec], *,
+                 retry_s: float = BACKEND_RETRY_S) -> None:
+        self.settings = settings
+        self.reason = reason
+        self.inner: InferenceBackend | None = None
+        self._specs = specs
+        self._retry_s = retry_s
+        self._last_try = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    @property
+    def description(self) -> str:
+        return self.inner.description if self.inner is not None else f"unavailable ({self.reason})"
+
+    def spec(self, model: str) -> ModelSpec:
+        return self._specs[model]
+
+    async def infer(self, model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
+        if self.inner is None:
+            raise Unavailable("inference backend unavailable")
+        return await self.inner.infer(model, inputs)
+
+    async def ready(self) -> bool:
+        if self.inner is None:
+            await self._retry()
+        return self.inner is not None and await self.inner.ready()
+
+    async def _retry(self) -> None:
+        async with self._lock:
+            if self.inner is not None or time.monotonic() - self._last_try < self._retry_s:
+                return
+            self._last_try = time.monotonic()
+            try:
+                self.inner = await create_backend(self.settings)
+            except Unavailable as exc:
+                self.reason = exc.detail
+                log.warning("inference backend still unavailable: %s", exc.detail)
+            else:
+                log.info("inference backend recovered: %s", self.inner.description)
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()
 
 
 async def create_backend(settings: Settings) -> InferenceBackend:
@@ -127,7 +213,7 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         local_issuer = LocalIssuer.load_or_create(settings.data_dir) if settings.local_issuer else None
         verifier = TokenVerifier.from_settings(settings, local_issuer)
-        backend = backend or await create_backend(settings)
+        backend = backend or await _backend_or_pending(settings)
         store = store or create_store(settings)
         try:
             await store.open()
@@ -143,16 +229,28 @@ class Runtime:
 
     async def readiness(self) -> dict[str, bool]:
         """Component health for /health/ready and gRPC health."""
+        return (await self.readiness_report())[0]
+
+    async def readiness_report(self) -> tuple[dict[str, bool], dict[str, str]]:
+        """Component health and, for each failing component, why (safe to show: no paths, no SQL)."""
+        reasons: dict[str, str] = {}
         try:
             models = await self.backend.ready()
         except Unavailable:
             models = False
+        if not models:
+            pending = self.backend if isinstance(self.backend, PendingBackend) else None
+            reasons["models"] = pending.reason if pending is not None else "inference backend not ready"
         try:
             db = await self.store.ping()
         except Unavailable:
             db = False
+        if not db:
+            reasons["store"] = "database unreachable"
         batchers = all(b.healthy for b in self.runner.batchers.values())
-        return {"models": models, "store": db, "batchers": batchers}
+        if not batchers:
+            reasons["batchers"] = "a batcher stopped"
+        return {"models": models, "store": db, "batchers": batchers}, reasons
 
     async def aclose(self) -> None:
         """Drain the batchers, then close the store and the backend."""

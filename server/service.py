@@ -20,6 +20,7 @@ from server.runtime import CallContext, Runtime, call_context
 log = logging.getLogger(__name__)
 
 MAX_REFERENCE = 255
+FIRST_STAGE = "detector"  # the model every compare queues for first
 
 
 def parse_channel(value: str | None) -> Channel:
@@ -62,6 +63,9 @@ class ScanService:
     async def analyze_pair(self, file1: bytes, file2: bytes, *, source: str,
                            deadline: float | None = None) -> tuple[FaceResult, FaceResult]:
         """Decode both images off the loop, then analyse them as one batch of two."""
+        # Admission first: with the first stage's queue full, refuse (429 + retry hint) within a millisecond,
+        # before spending CPU on decoding two images for a request that would be refused anyway.
+        self.runtime.runner.admit(FIRST_STAGE, 2)
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.runtime.settings.request_timeout_s
@@ -127,5 +131,6 @@ class ScanService:
         require_role(principal, ROLE_DELETE)
         sid = parse_scan_id(scan_id)
         await self.runtime.store.delete(principal.company_id, sid)
-        log.info("scan deleted", extra={"scan_id": str(sid), "company_id": principal.company_id,
-                                         "user_id": principal.user_id})
+        # The audit record: who and what in the message itself (a plain log format drops ``extra`` fields).
+        log.info("scan %s deleted by user %r of company %r", sid, principal.user_id, principal.company_id,
+                 extra={"scan_id": str(sid), "company_id": principal.company_id, "user_id": principal.user_id})

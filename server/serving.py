@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 from collections.abc import Iterator
 
 import uvicorn
+from litestar import Litestar
 
 from server.api.http import RequestIdLogFilter
-from server.app import create_app
+from server.app import create_app, stop_grpc
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,18 @@ class _Server(uvicorn.Server):
     """uvicorn's server, except that a SIGTERM/SIGINT that led to a clean shutdown is not re-raised afterwards.
 
     uvicorn (>= 0.29) re-raises the captured signal once it has stopped, so the process would die with 143;
-    for us the signal is the normal way to stop, and a completed graceful shutdown exits 0.
+    for us the signal is the normal way to stop, and a completed graceful shutdown exits 0. Its shutdown also
+    starts stopping gRPC at once, so both transports refuse new work and drain side by side.
     """
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn drains HTTP before the lifespan shutdown; gRPC must stop accepting now too, not after that.
+        stop_grpc(self.app)
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -58,13 +70,15 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     _install_request_id_logging(settings.log_level)
+    app = create_app(settings, grpc=True)
     config = uvicorn.Config(
-        create_app(settings, grpc=True), host=settings.host, port=settings.port,
+        app, host=settings.host, port=settings.port,
         server_header=False,  # no banner revealing the server software
         date_header=True, log_config=None, lifespan="on", proxy_headers=False,
+        access_log=False,  # the app's own access log (server.access) omits query strings, which may hold references
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
-    server = _Server(config)
+    server = _Server(config, app)
     hint = token_hint(settings)
     if hint:
         print(hint, flush=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 from server.domain import SORTABLE_FIELDS, Channel, CompareResult, ScanQuery
 from server.errors import InvalidField
 
 MAX_PAGE_SIZE = 200
+# page * size is a row offset: bounded so no database integer overflows (SQLite's is 64-bit, Python's is not).
+MAX_OFFSET = 2**31 - 1
+MAX_REFERENCE = 255
 
 
 def parse_sort(values: list[str] | None) -> tuple[tuple[str, bool], ...]:
@@ -32,9 +36,23 @@ def parse_time(value: str | None, field: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        parsed.astimezone(UTC)  # an offset can push year 1 or 9999 out of range; the store converts to UTC
+        return parsed
+    except (ValueError, OverflowError):
         raise InvalidField(f"{field} must be an ISO 8601 date or date-time", field=field) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def parse_reference_filter(value: str | None) -> str | None:
+    """The exact-match reference filter; one no stored reference could equal (too long, control characters) is a
+    400 rather than a query (PostgreSQL refuses NUL in text outright)."""
+    if not value:
+        return None
+    if len(value) > MAX_REFERENCE or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise InvalidField(f"reference must be 1-{MAX_REFERENCE} characters without control characters",
+                           field="reference")
+    return value
 
 
 def build_query(*, page: int, size: int, sort: list[str] | None, reference: str | None,
@@ -45,6 +63,8 @@ def build_query(*, page: int, size: int, sort: list[str] | None, reference: str 
         raise InvalidField("page must be >= 0", field="page")
     if not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidField(f"size must be within 1..{MAX_PAGE_SIZE}", field="size")
+    if page * size > MAX_OFFSET:
+        raise InvalidField(f"page * size must not exceed {MAX_OFFSET}", field="page")
     channel = None
     if sales_channel:
         try:
@@ -62,5 +82,5 @@ def build_query(*, page: int, size: int, sort: list[str] | None, reference: str 
     start, end = parse_time(created_from, "createdFrom"), parse_time(created_to, "createdTo")
     if start and end and start > end:
         raise InvalidField("createdFrom must not be after createdTo", field="createdFrom")
-    return ScanQuery(page=page, size=size, sort=parse_sort(sort), reference=reference or None,
+    return ScanQuery(page=page, size=size, sort=parse_sort(sort), reference=parse_reference_filter(reference),
                      sales_channel=channel, compare_result=result, created_from=start, created_to=end)

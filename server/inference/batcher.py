@@ -210,13 +210,7 @@ class Batcher(Generic[In, Out]):
         if deadline is not None and deadline <= now:
             self._count_deadline()
             raise errors.DeadlineExceeded()
-        if len(self._queue) >= self.max_queue:
-            self._sweep()
-            if len(self._queue) >= self.max_queue:
-                self.stats.rejected_overloaded += 1
-                if self._metrics is not None:
-                    self._metrics.requests_rejected.labels(reason="overloaded").inc()
-                raise errors.Overloaded(retry_after_ms=self.retry_after_ms())
+        self.admit(1)
         fut: asyncio.Future[Out] = loop.create_future()
         waiter = _Waiter(item=item, source=source, future=fut, enqueued=now, deadline=deadline)
         if deadline is not None:
@@ -230,6 +224,20 @@ class Batcher(Generic[In, Out]):
         finally:
             if waiter.timer is not None:
                 waiter.timer.cancel()
+
+    def admit(self, n: int = 1) -> None:
+        """Raise ``Overloaded`` (with a retry hint) unless ``n`` more items fit in the queue now.
+
+        ``submit`` checks one item; a caller about to submit ``n`` items can ask first, before spending work
+        (decoding images) on a request that would be refused anyway.
+        """
+        if len(self._queue) + n > self.max_queue:
+            self._sweep()
+            if len(self._queue) + n > self.max_queue:
+                self.stats.rejected_overloaded += 1
+                if self._metrics is not None:
+                    self._metrics.requests_rejected.labels(reason="overloaded").inc()
+                raise errors.Overloaded(retry_after_ms=self.retry_after_ms())
 
     def retry_after_ms(self) -> int:
         """Estimated time to work off the current queue, from recent batch latency (at least 50 ms)."""
@@ -330,6 +338,11 @@ class Batcher(Generic[In, Out]):
         """False for a waiter that must not reach fn; each waiter is judged dead at most once."""
         fut = waiter.future
         if fut.cancelled():
+            if waiter.deadline is not None and waiter.deadline <= now:
+                # The request's own timeout (same deadline) cancelled it before this batcher's timer fired:
+                # a deadline drop, not a client that left.
+                self._count_deadline()
+                return False
             self.stats.dropped_cancelled += 1
             if self._metrics is not None:
                 self._metrics.requests_rejected.labels(reason="cancelled").inc()

@@ -17,6 +17,15 @@ from server.settings import Device
 
 log = logging.getLogger(__name__)
 
+_ORT_STATE = ort.capi.onnxruntime_pybind11_state
+# onnxruntime's own errors are plain Exception subclasses of its pybind module, not RuntimeError: a wrong input
+# shape raises InvalidArgument, a corrupt file InvalidProtobuf. These (and nothing broader) are caught below.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    *(obj for obj in vars(_ORT_STATE).values() if isinstance(obj, type) and issubclass(obj, Exception)),
+    RuntimeError, ValueError,
+)
+_LOAD_ERRORS: tuple[type[Exception], ...] = (*ORT_ERRORS, OSError)
+
 
 def choose_providers(device: Device) -> list[str]:
     """Execution providers to try, best first; CUDA only when onnxruntime was built with it."""
@@ -39,13 +48,20 @@ class OnnxRuntimeBackend:
         for name in models:
             path = repository / name / "1" / "model.onnx"
             if not path.is_file():
-                raise Unavailable(f"model file {path} is missing: run `facerec models` (make models)")
+                log.error("model %s: %s is missing", name, path)
+                raise Unavailable(f"model {name!r} is missing: run `facerec models` (make models)")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = intra_threads
             opts.inter_op_num_threads = inter_threads
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._specs[name] = load_spec(repository, name)
-            self._sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            try:
+                self._specs[name] = load_spec(repository, name)
+                self._sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            except _LOAD_ERRORS as exc:
+                # The log names the file and onnxruntime's message; the error (shown on /health/ready) only
+                # the model, so no file system path reaches an unauthenticated caller.
+                log.error("model %s cannot be loaded from %s: %s", name, path, exc)
+                raise Unavailable(f"model {name!r} cannot be loaded (corrupt or incompatible file)") from exc
         active = sorted({p for s in self._sessions.values() for p in s.get_providers()[:1]})
         self._description = f"onnxruntime {ort.__version__} ({', '.join(active)})"
         log.info("inference backend: %s", self._description)
@@ -69,7 +85,7 @@ class OnnxRuntimeBackend:
         session = self._sessions[model]
         try:
             outs = session.run(None, inputs)
-        except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError, ValueError) as exc:
+        except ORT_ERRORS as exc:
             log.exception("onnxruntime failed on %s", model)
             raise InferenceFailed(f"{model} inference failed") from exc
         return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outs, strict=True)}

@@ -224,9 +224,15 @@ class LocalTriton:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def start(self) -> LocalTriton:
-        """Build the repository, start the server and wait (bounded) until every model is ready."""
+    def start(self, *, keep_ports: bool = False) -> LocalTriton:
+        """Build the repository, start the server and wait (bounded) until every model is ready.
+
+        ``keep_ports`` restarts a stopped or killed server on its previous ports, as a restarted Triton pod
+        behind the same Service address would come back (clients reconnect to the same URL).
+        """
         binary = find_binary()
+        if self._tmp is not None:  # a killed server's files
+            self._tmp.cleanup()
         self._tmp = tempfile.TemporaryDirectory(prefix="facerec-triton-")
         work = Path(self._tmp.name)
         repo, backends = work / "models", work / "backends"
@@ -236,7 +242,8 @@ class LocalTriton:
         # The Python backend looks for its stub beside libtriton_python.so; pytriton ships the stubs apart.
         shutil.copytree(binary.backend_dir, backends / "python")
         shutil.copy2(binary.stub, backends / "python" / "triton_python_backend_stub")
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        if not (keep_ports and self.grpc_port):
+            self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = work / "tritonserver.log"
         env = dict(os.environ)
         libs = [str(binary.libs), env.get("LD_LIBRARY_PATH", "")]

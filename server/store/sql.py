@@ -183,6 +183,7 @@ class SqlScanStore:
         connect_args: Mapping[str, Any] | None = None,
         pool_size: int = 10,
         connect_timeout_s: float = 5.0,
+        command_timeout_s: float = 30.0,
     ) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
@@ -190,6 +191,9 @@ class SqlScanStore:
         options: dict[str, Any] = {}
         if self.dialect == "postgresql":
             args["timeout"] = connect_timeout_s  # asyncpg's connect timeout (its default is a minute)
+            # A statement on a connection whose server vanished (no RST: a partition) would otherwise wait for
+            # TCP's own timeout, minutes; this bounds it and the caller gets 503.
+            args["command_timeout"] = command_timeout_s
             # Pre-ping replaces connections a database restart killed, so the store recovers by itself.
             options.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
         args.update(connect_args or {})

@@ -12,8 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-from server.api.grpc.servicer import SERVICE_NAME, FaceRecognitionServicer
+from server.api.grpc.servicer import SERVICE_NAME, FaceRecognitionServicer, add_servicer
 from server.runtime import Runtime
 from server.service import ScanService
 
@@ -101,10 +100,8 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    # The generated registration helper is untyped.
-    pb_grpc.add_FaceRecognitionServicer_to_server(  # type: ignore[no-untyped-call]
-        FaceRecognitionServicer(runtime, service), server
-    )
+    # Not the generated helper: its deserializers turn a malformed message into UNKNOWN with parser internals.
+    add_servicer(FaceRecognitionServicer(runtime, service), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
@@ -18,6 +19,7 @@ from server.api.schemas import wire_time
 from server.auth import ROLE_COMPARE, parse_authorization_header, require_role
 from server.domain import Channel, CompareResult, FaceAnalysis, Page, Principal, Scan, ScanQuery, ScanUpdate
 from server.errors import (
+    BadRequest,
     DeadlineExceeded,
     FacerecError,
     InvalidField,
@@ -150,6 +152,48 @@ def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return parse_authorization_header(value if isinstance(value, str) else None)
 
 
+# --------------------------------------------------------------------------- registration
+
+
+class Undecodable:
+    """Stands for a request message that did not parse; the servicer answers it with INVALID_ARGUMENT.
+
+    grpc's own answer to a deserializer that raises is UNKNOWN with the parser's error text in the details.
+    """
+
+
+UNDECODABLE = Undecodable()
+
+
+def _lenient(message: type[Message]) -> Callable[[bytes], object]:
+    def deserialize(raw: bytes) -> object:
+        try:
+            return message.FromString(raw)
+        except DecodeError:  # malformed wire data, or a string field holding invalid UTF-8
+            return UNDECODABLE
+
+    return deserialize
+
+
+def add_servicer(servicer: FaceRecognitionServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated helper does, but with deserializers that never raise."""
+    methods: dict[str, tuple[type[Message], type[Message]]] = {
+        "CompareFaces": (pb.CompareFacesRequest, pb.CompareFacesResponse),
+        "GetScan": (pb.GetScanRequest, pb.Scan),
+        "ListScans": (pb.ListScansRequest, pb.ListScansResponse),
+        "UpdateScan": (pb.UpdateScanRequest, pb.Scan),
+        "DeleteScan": (pb.DeleteScanRequest, pb.DeleteScanResponse),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=_lenient(req), response_serializer=resp.SerializeToString
+        )
+        for name, (req, resp) in methods.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 # --------------------------------------------------------------------------- servicer
 
 
@@ -174,7 +218,7 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
             )
             return compare_message(scan)
 
-        return await self._run("CompareFaces", context, call)
+        return await self._run("CompareFaces", request, context, call)
 
     async def GetScan(
         self, request: pb.GetScanRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -182,7 +226,7 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
         async def call(principal: Principal) -> pb.Scan:
             return scan_message(await self._service.get(principal, request.id))
 
-        return await self._run("GetScan", context, call)
+        return await self._run("GetScan", request, context, call)
 
     async def ListScans(
         self, request: pb.ListScansRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -190,7 +234,7 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
         async def call(principal: Principal) -> pb.ListScansResponse:
             return page_message(await self._service.list(principal, scan_query(request)))
 
-        return await self._run("ListScans", context, call)
+        return await self._run("ListScans", request, context, call)
 
     async def UpdateScan(
         self, request: pb.UpdateScanRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -198,7 +242,7 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
         async def call(principal: Principal) -> pb.Scan:
             return scan_message(await self._service.update(principal, request.id, scan_update(request)))
 
-        return await self._run("UpdateScan", context, call)
+        return await self._run("UpdateScan", request, context, call)
 
     async def DeleteScan(
         self, request: pb.DeleteScanRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -207,7 +251,7 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
             await self._service.delete(principal, request.id)
             return pb.DeleteScanResponse()
 
-        return await self._run("DeleteScan", context, call)
+        return await self._run("DeleteScan", request, context, call)
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -233,6 +277,7 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
     async def _run(
         self,
         method: str,
+        request: object,
         context: grpc.aio.ServicerContext[Any, Any],
         call: Callable[[Principal], Awaitable[T]],
     ) -> T:
@@ -241,6 +286,8 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
         try:
             try:
                 principal = await self._runtime.verifier.verify(_bearer(context))
+                if isinstance(request, Undecodable):
+                    raise BadRequest("the request message could not be parsed (invalid protobuf or UTF-8)")
                 return await call(principal)
             except FacerecError as err:
                 failure = err

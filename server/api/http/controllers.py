@@ -12,8 +12,13 @@ from server.api.http.forms import read_compare_form
 from server.api.http.openapi import (
     COMPARE_RESPONSES,
     DELETE_RESPONSES,
+    DELETE_SCAN,
     ENTITY_RESPONSES,
+    GET_SCAN,
     LIST_RESPONSES,
+    READY_RESPONSES,
+    UPDATE_RESPONSES,
+    UPDATE_SCAN,
     CompareFormOperation,
 )
 from server.api.query import build_query
@@ -53,11 +58,13 @@ class ScanController(Controller):
     path = "/v1/face-recognition"
     tags = ("scans",)
 
-    @get("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Get a scan (role `face:read`)")
+    @get("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Get a scan (role `face:read`)",
+         operation_id=GET_SCAN)
     async def get_scan(self, scan_id: FromPath[str], principal: Caller, service: Service) -> ScanEntity:
         return ScanEntity.of(await service.get(principal, scan_id))
 
-    @put("/{scan_id:str}", responses=ENTITY_RESPONSES, summary="Update a scan (role `face:update`)",
+    @put("/{scan_id:str}", responses=UPDATE_RESPONSES, summary="Update a scan (role `face:update`)",
+         operation_id=UPDATE_SCAN,
          description="Only compareResult, compareSimilarity, salesChannel and reference change; server-owned "
          "fields (id, companyId, createdDate, createdById, ...) in the body are ignored.")
     async def update_scan(self, scan_id: FromPath[str], data: JSONBody[ScanUpdateIn], principal: Caller,
@@ -66,7 +73,8 @@ class ScanController(Controller):
                             sales_channel=data.sales_channel, reference=data.reference)
         return ScanEntity.of(await service.update(principal, scan_id, change))
 
-    @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)")
+    @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)",
+         operation_id="listScans")
     async def list_scans(
         self, *, principal: Caller, service: Service,
         page: Annotated[int, QueryParameter(description="0-based page number")] = 0,
@@ -82,7 +90,8 @@ class ScanController(Controller):
                             compare_result=compare_result, created_from=created_from, created_to=created_to)
         return ScanPage.of(await service.list(principal, query))
 
-    @delete("/{scan_id:str}", responses=DELETE_RESPONSES, summary="Delete a scan (role `face:delete`)")
+    @delete("/{scan_id:str}", responses=DELETE_RESPONSES, summary="Delete a scan (role `face:delete`)",
+            operation_id=DELETE_SCAN)
     async def delete_scan(self, scan_id: FromPath[str], principal: Caller, service: Service) -> None:
         await service.delete(principal, scan_id)
 
@@ -96,12 +105,15 @@ class HealthController(Controller):
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/health/ready", summary="Models loaded and the store answering (503 otherwise)")
+    @get("/health/ready", summary="Models loaded and the store answering (503 otherwise)",
+         responses=READY_RESPONSES)
     async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        components = await request.app.state.runtime.readiness()
+        components, reasons = await request.app.state.runtime.readiness_report()
         ok = all(components.values())
-        return Response({"status": "ok" if ok else "unavailable", "components": components},
-                        status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "components": components}
+        if reasons:
+            body["reasons"] = reasons  # why each failing component fails (no paths, no SQL)
+        return Response(body, status_code=200 if ok else 503)
 
     @get("/metrics", summary="Prometheus exposition", media_type="text/plain")
     async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:

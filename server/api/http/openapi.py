@@ -8,8 +8,10 @@ from typing import Any
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     Example,
+    Link,
     OpenAPIFormat,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
     RequestBody,
@@ -18,6 +20,9 @@ from litestar.openapi.spec import (
 
 from server.api.http.problems import PROBLEM_MEDIA_TYPE
 from server.api.schemas import CompareResponse, Problem, ScanEntity
+
+# Operation ids the compare response links to (OpenAPI links: clients and fuzzers can follow create -> read).
+GET_SCAN, UPDATE_SCAN, DELETE_SCAN = "getScan", "updateScan", "deleteScan"
 
 _FACE: dict[str, Any] = {
     "x1": 212, "y1": 148, "x2": 398, "y2": 372,
@@ -74,8 +79,16 @@ ENTITY_RESPONSES: dict[int, ResponseSpec] = {
     **COMMON_ERRORS,
     404: problem("Unknown id, or another company's scan"),
 }
-LIST_RESPONSES: dict[int, ResponseSpec] = dict(COMMON_ERRORS)
-DELETE_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 404: ENTITY_RESPONSES[404]}
+# Reads and writes of the store answer 503 while the database is unreachable.
+_STORE_UNAVAILABLE = problem("Temporarily unavailable (e.g. the database); retry after `Retry-After` seconds")
+ENTITY_RESPONSES[503] = _STORE_UNAVAILABLE
+UPDATE_RESPONSES: dict[int, ResponseSpec] = {**ENTITY_RESPONSES, 413: problem("The request body is over the limit")}
+LIST_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 503: _STORE_UNAVAILABLE}
+DELETE_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 404: ENTITY_RESPONSES[404], 503: _STORE_UNAVAILABLE}
+READY_RESPONSES: dict[int, ResponseSpec] = {
+    503: ResponseSpec(data_container=dict[str, Any], description="Not ready: which components fail, and why",
+                      generate_examples=False),
+}
 
 
 @dataclass
@@ -95,3 +108,11 @@ class CompareFormOperation(Operation):
         )
         self.request_body = RequestBody(required=True,
                                         content={"multipart/form-data": OpenAPIMediaType(schema)})
+        created = (self.responses or {}).get("200")
+        if isinstance(created, OpenAPIResponse):
+            by_id = {"scan_id": "$response.body#/id"}
+            created.links = {
+                "GetScan": Link(operation_id=GET_SCAN, parameters=by_id, description="Read the stored scan"),
+                "UpdateScan": Link(operation_id=UPDATE_SCAN, parameters=by_id, description="Update it"),
+                "DeleteScan": Link(operation_id=DELETE_SCAN, parameters=by_id, description="Delete it"),
+            }

@@ -1,0 +1,108 @@
+"""Graceful shutdown of a real ``facerec serve`` process: SIGTERM stops accepting, drains, exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from faultkit import PAIR, ServeProcess
+
+from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
+from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
+
+IN_FLIGHT_HTTP = 4
+GRACE_S = 15
+ITEMS = re.compile(r'^facerec_batch_items_total\{model="detector",source="(\w+)"\} ([0-9.]+)$', re.M)
+
+
+def detector_items(metrics: httpx.Response) -> dict[str, int]:
+    """Rows each transport has sent to the detector so far, from /metrics."""
+    return {source: int(float(n)) for source, n in ITEMS.findall(metrics.text)}
+
+
+async def test_sigterm_drains_in_flight_http_and_grpc_then_exits_0(
+    tmp_path: Path, image_bytes: Callable[[str], bytes]
+) -> None:
+    # A long batching window (a real setting) keeps each request in the server ~1 s: long enough to be in flight.
+    server = ServeProcess(tmp_path / "data", FACEREC_MAX_WAIT_MS="300", FACEREC_SHUTDOWN_GRACE_S=str(GRACE_S),
+                          FACEREC_ORT_INTRA_THREADS="1").start()
+    try:
+        auth = f"Bearer {server.token()}"
+        a, b = image_bytes(PAIR[0]), image_bytes(PAIR[1])
+        channel = grpc.aio.insecure_channel(server.grpc_target)
+        stub = pb_grpc.FaceRecognitionStub(channel)
+        limits = httpx.Limits(max_connections=IN_FLIGHT_HTTP + 1)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+
+            async def compare(i: int) -> httpx.Response:
+                return await client.post("/v1/compare_face", headers={"Authorization": auth},
+                                         data={"channel": "WEB", "reference": f"drain-{i}"},
+                                         files={"file1": ("a.jpg", a), "file2": ("b.jpg", b)})
+
+            http_calls = [asyncio.ensure_future(compare(i)) for i in range(IN_FLIGHT_HTTP)]
+            grpc_call = stub.CompareFaces(pb.CompareFacesRequest(channel="WEB", reference="drain-g", file1=a,
+                                                                 file2=b),
+                                          metadata=(("authorization", auth),), timeout=60)
+            # Wait until every request's rows have left the detector (the first of 4+ batching stages of 300 ms
+            # each): all are inside the server with about a second of work left.
+            expected = {"http": 2 * IN_FLIGHT_HTTP, "grpc": 2}
+            end = time.monotonic() + 20
+            while detector_items(await client.get("/metrics")) != expected:
+                assert time.monotonic() < end, "requests did not reach the detector"
+                await asyncio.sleep(0.02)
+            assert not any(t.done() for t in http_calls), "requests finished before SIGTERM: premise broken"
+            assert not grpc_call.done()
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+
+            # New connections are refused while the in-flight requests still run.
+            refused = False
+            async with httpx.AsyncClient(timeout=2) as fresh:
+                while time.monotonic() - signalled < 3:
+                    try:
+                        await fresh.get(f"{server.url}/health/live")
+                    except httpx.ConnectError:
+                        refused = True
+                        break
+                    await asyncio.sleep(0.05)
+            assert refused, "HTTP still accepted new connections after SIGTERM"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.CompareFaces(pb.CompareFacesRequest(channel="WEB", reference="late", file1=a, file2=b),
+                                        metadata=(("authorization", auth),), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            drained_before = [t.done() for t in http_calls]
+
+            responses = await asyncio.gather(*http_calls)
+            assert [r.status_code for r in responses] == [200] * IN_FLIGHT_HTTP, [r.text for r in responses]
+            assert all(r.json()["compare_result"] == "Same person" for r in responses)
+            reply = await grpc_call
+            assert reply.compare_result == "Same person"
+        await channel.close()
+        code = await asyncio.to_thread(server.proc.wait, GRACE_S + 15)
+        assert code == 0, server.log()[-3000:]
+        assert not all(drained_before), "every request had finished before new connections were refused"
+        log = server.log()
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        server.stop()
+
+
+async def test_sigterm_on_idle_server_exits_0_promptly(tmp_path: Path) -> None:
+    server = ServeProcess(tmp_path / "data", FACEREC_SHUTDOWN_GRACE_S=str(GRACE_S)).start()
+    try:
+        assert server.proc is not None
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.proc.wait, 30)
+        assert code == 0, server.log()[-3000:]
+        assert time.monotonic() - t0 < 5, "an idle server waited for its grace period"
+    finally:
+        server.stop()
