@@ -8,9 +8,11 @@ Each face image is analysed as is and under known edits, and the attributes must
   minus the angle (error = |roll_rot - (roll_padded - angle)|); horizontal flip -> yaw and roll change sign
   (error = |yaw_flip + yaw|, |roll_flip + roll|); halving the pixel values -> face_luminance ratio 0.5;
   covering the lower face (nose tip to chin) with black -> face_occlusion rises; Gaussian blur over the face ->
-  face_quality drops. Landmarks are compared with dlib's 68-point predictor (an independent model, iBUG-300W
-  trained): normalised mean error = mean point distance / dlib's outer-eye-corner distance, overall, without the
-  jaw (FaceMesh's jaw follows the face outline differently from iBUG's) and per group.
+  face_quality drops. In a photo of several faces, a variant where another face became the most prominent one is
+  left out of the errors and counted (``variants_other_face_chosen``).
+Landmarks are compared with dlib's 68-point predictor (an independent model, iBUG-300W trained): normalised mean
+error = mean point distance / dlib's outer-eye-corner distance, overall, without the jaw (FaceMesh's jaw follows
+the face outline differently from iBUG's) and per group.
 """
 
 from __future__ import annotations
@@ -124,11 +126,27 @@ async def check_images(paths: list[Path], root: Path, settings: Settings, *, wit
             }
             res = await rb.pipe.analyze(list(variants.values()))
             v = {k: (r.analysis if r is not None else None) for k, r in zip(variants, res, strict=True)}
+            # Where the compared face must be in each variant; in a photo of several faces an edit can make
+            # another face the most prominent one, and comparing two different faces says nothing.
+            cx, cy = (a.x1 + a.x2) / 2, (a.y1 + a.y2) / 2
+            expected = {k: (cx, cy) for k in variants}
+            expected["pad"] = (cx + margin, cy + margin)
+            for ang in ANGLES:
+                m = cv2.getRotationMatrix2D(centre, ang, 1.0)
+                expected[f"rot{ang}"] = tuple(m @ np.array([cx + margin, cy + margin, 1.0]))
+            expected["flip"] = (img.shape[1] - cx, cy)
+            switched = []
+            for k, x in v.items():
+                if x is not None and np.hypot((x.x1 + x.x2) / 2 - expected[k][0],
+                                              (x.y1 + x.y2) / 2 - expected[k][1]) > 0.5 * (a.x2 - a.x1):
+                    switched.append(k)
+                    v[k] = None
             row: dict[str, Any] = {"image": name, "base": {"roll": a.roll, "yaw": a.yaw, "pitch": a.pitch,
                                                             "luminance": a.face_luminance,
                                                             "occlusion": a.face_occlusion,
                                                             "quality": a.face_quality, "eye_dist": a.eye_dist},
-                                   "lost": [k for k, x in v.items() if x is None]}
+                                   "lost": [k for k, x in v.items() if x is None and k not in switched],
+                                   "other_face_chosen": switched}
             if (p := v["pad"]) is not None:
                 for ang in ANGLES:
                     if (r := v[f"rot{ang}"]) is not None:
@@ -164,6 +182,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "images": len(rows), "no_face": len(rows) - len(ok),
         "variants_lost": sum(len(r["lost"]) for r in ok),
+        "variants_other_face_chosen": sum(len(r.get("other_face_chosen", [])) for r in ok),
         "roll_error_deg_rot15": distribution(roll_15), "roll_error_deg_rot30": distribution(roll_30),
         "flip_yaw_error_deg": distribution(col("flip_yaw_error")),
         "flip_roll_error_deg": distribution(col("flip_roll_error")),
