@@ -42,7 +42,7 @@ class Settings:
     backend: Backend = "onnxruntime"
     device: Device = "auto"
     triton_url: str = "127.0.0.1:8001"
-    ort_intra_threads: int = 0  # 0 -> onnxruntime default (all cores)
+    ort_intra_threads: int = 0  # 0 -> auto: the cores shared out between the three model sessions
     ort_inter_threads: int = 1
     detector_size: int = 640  # letterbox side fed to the detector, multiple of 32
     detector_score_threshold: float = 0.75

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +38,18 @@ def choose_providers(device: Device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def auto_intra_threads(sessions: int, providers: list[str]) -> int:
+    """Threads per session when none are configured: the cores shared out between the sessions.
+
+    The three models run concurrently (one worker each), so giving every session a pool of all cores makes
+    3x oversubscribed, spinning pools: on 2 cores that cut server throughput by 40 % (bench/README.md). On CUDA the
+    CPU threads only feed the GPU, so one is plenty.
+    """
+    if providers[0] == "CUDAExecutionProvider":
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(sessions, 1))
+
+
 class OnnxRuntimeBackend:
     """Runs the model repository's ONNX files in this process."""
 
@@ -51,7 +64,7 @@ class OnnxRuntimeBackend:
                 log.error("model %s: %s is missing", name, path)
                 raise Unavailable(f"model {name!r} is missing: run `facerec models` (make models)")
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = intra_threads
+            opts.intra_op_num_threads = intra_threads or auto_intra_threads(len(models), providers)
             opts.inter_op_num_threads = inter_threads
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:
