@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             print(raw.sweep_table(rep["steps"]))
             plots.raw_profile(rep, out / "raw_profile.png")
 
-    common = {"server": {"max_batch_size": "default (16)", "max_wait_ms": "default (5)"},
+    common = {"server": {"max_batch_size": 16, "max_wait_ms": "default (5)"},
               "pairs_source": source, "pairs": len(pairs), "requests_per_step": p["requests"],
               "duration_per_step_s": p["duration"]}
     if parts & {"http", "grpc", "open"}:
@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                     steps = sweep(server, "grpc", pairs, p["grpc_c"], p)
                 write_json(out / "load_grpc.json", {"machine": machine, **common, "steps": steps})
 
-        run_server_part({}, batching_on)
+        # Explicit: the CPU default is 1 (batching only pays on a GPU), and this run measures batching on.
+        run_server_part({"FACEREC_MAX_BATCH_SIZE": "16"}, batching_on)
 
     if "nobatch" in parts:
         def batching_off(server: ServerProcess) -> None:

@@ -52,7 +52,7 @@ class Settings:
     threshold: float = 0.5  # on the calibrated 0..1 compare_similarity scale
 
     # --- batching
-    max_batch_size: int = 16
+    max_batch_size: int = 0  # 0 -> auto: 16 on a GPU or Triton, 1 on CPU (batching only pays on accelerators)
     max_wait_ms: float = 5.0
     max_queue: int = 256
 
@@ -90,7 +90,7 @@ class Settings:
             (self.detector_size >= 64 and self.detector_size % 32 == 0,
              "FACEREC_DETECTOR_SIZE must be a multiple of 32, at least 64"),
             (0.0 <= self.threshold <= 1.0, "FACEREC_THRESHOLD must be within 0..1"),
-            (self.max_batch_size >= 1, "FACEREC_MAX_BATCH_SIZE must be >= 1"),
+            (self.max_batch_size >= 0, "FACEREC_MAX_BATCH_SIZE must be >= 0 (0 = auto)"),
             (self.max_wait_ms >= 0, "FACEREC_MAX_WAIT_MS must be >= 0"),
             (self.max_queue >= 1, "FACEREC_MAX_QUEUE must be >= 1"),
             (self.max_file_bytes >= 1 and self.max_request_bytes >= self.max_file_bytes,

@@ -130,8 +130,9 @@ def store_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
                  inference: InferenceTarget) -> Iterator[StoreTarget]:
     # Depending on ``inference`` gives every (store, backend) pair of a module a fresh database of its own.
     data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
+    # Batch size 16 explicitly: on CPU the default is 1, and these tests check that batches do form.
     settings = Settings(data_dir=data_dir, model_repository=PROJECT_ROOT / "model_repository", device="cpu",
-                        grpc_port=0, max_wait_ms=5.0)
+                        max_batch_size=16, grpc_port=0, max_wait_ms=5.0)
     if request.param == "sqlite":
         yield StoreTarget("sqlite", settings)
         return
