@@ -58,7 +58,7 @@ class Client:
 
 
 def settings_for(tmp: Path, **changes: Any) -> Settings:
-    return Settings(data_dir=tmp / "data", model_repository=REPO, device="cpu", grpc_port=0,
+    return Settings(data_dir=tmp / "data", model_repository=REPO, device="cpu", grpc_port=0, max_batch_size=16,
                     max_wait_ms=1.0).replace(**changes)
 
 

@@ -78,7 +78,7 @@ def make_env(backend: OnnxRuntimeBackend, tmp_path: Path,
     @contextlib.asynccontextmanager
     async def make(*, with_grpc: bool = False, **changes: Any) -> AsyncIterator[Env]:
         settings = Settings(data_dir=tmp_path / "data", model_repository=PROJECT_ROOT / "model_repository",
-                            device="cpu", grpc_port=0, max_wait_ms=1.0).replace(**changes)
+                            device="cpu", grpc_port=0, max_wait_ms=1.0, max_batch_size=16).replace(**changes)
         proxy = ProxyBackend(backend)
         runtime = await Runtime.start(settings, backend=proxy)
         env = Env(runtime, proxy, httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, runtime)),

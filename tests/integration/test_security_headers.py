@@ -211,6 +211,8 @@ async def _stream_until_answered(port: int, headers: str, total: int, piece: int
             writer.write(chunk)
             sent += piece
             await writer.drain()
+            # drain() does not yield while the socket accepts data, so the answer could never be noticed.
+            await asyncio.sleep(0)
         status = await asyncio.wait_for(answer, 30)
     except (ConnectionResetError, BrokenPipeError):
         status = await asyncio.wait_for(answer, 30)

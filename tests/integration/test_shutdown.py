@@ -31,7 +31,8 @@ async def test_sigterm_drains_in_flight_http_and_grpc_then_exits_0(
     tmp_path: Path, image_bytes: Callable[[str], bytes]
 ) -> None:
     # A long batching window (a real setting) keeps each request in the server ~1 s: long enough to be in flight.
-    server = ServeProcess(tmp_path / "data", FACEREC_MAX_WAIT_MS="300", FACEREC_SHUTDOWN_GRACE_S=str(GRACE_S),
+    server = ServeProcess(tmp_path / "data", FACEREC_MAX_WAIT_MS="300", FACEREC_MAX_BATCH_SIZE="16",
+                          FACEREC_SHUTDOWN_GRACE_S=str(GRACE_S),
                           FACEREC_ORT_INTRA_THREADS="1").start()
     try:
         auth = f"Bearer {server.token()}"
