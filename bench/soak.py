@@ -12,8 +12,10 @@ at ``--fraction`` of it for ``--duration`` seconds. Latency counts from each req
 coordinated omission). Every ``--sample-s`` seconds the server's resident memory is sampled (psutil, else
 ``/proc/<pid>/status``); latency percentiles are reported per ``--window``-second window.
 
-Pass criteria (printed, and in the JSON): zero 5xx and zero transport errors; p99 stable (the last window's p99 at
-most 1.5x the first window's after warm-up); resident memory growth under 5 % from the end of warm-up to the end.
+Pass criteria (printed, and in the JSON): zero 5xx and zero transport errors; p99 stable (the p99 of all requests
+in the second half after warm-up at most 1.5x that of the first half; a single 30-s window holds ~300 requests, so
+its p99 is the 3rd-slowest request and swings 5x at 80 % Poisson load without any drift: windows are reported, the
+halves are judged); resident memory growth under 5 % from the end of warm-up to the end.
 Results: ``bench/results/soak.json`` and ``soak.png`` (needs matplotlib from the bench extra; skipped with a
 message when absent). The exit status is 0 when every criterion passes, 1 otherwise.
 """
@@ -224,12 +226,20 @@ def verdict(run: Run, wins: list[dict[str, Any]], rss: dict[str, Any]) -> dict[s
     n5xx = sum(n for s, n in statuses.items() if s.startswith("5"))
     transport = sum(n for s, n in statuses.items() if not s.isdigit())
     p99s = [w["p99_ms"] for w in wins if w["p99_ms"] is not None]
-    ratio = p99s[-1] / p99s[0] if len(p99s) >= 2 and p99s[0] else None
+    window_ratio = p99s[-1] / p99s[0] if len(p99s) >= 2 and p99s[0] else None
+    # Halves of the measured period (after warm-up), each pooling thousands of requests.
+    measured = [r for r in run.records if r.status == "200" and r.t >= wins[0]["start_s"]] if wins else []
+    mid = (wins[0]["start_s"] + wins[-1]["end_s"]) / 2 if wins else 0.0
+    first_half = [r.latency * 1000 for r in measured if r.t < mid]
+    second_half = [r.latency * 1000 for r in measured if r.t >= mid]
+    half_p99 = (float(np.percentile(first_half, 99)), float(np.percentile(second_half, 99))) \
+        if first_half and second_half else None
+    ratio = half_p99[1] / half_p99[0] if half_p99 and half_p99[0] else None
     growth = rss["growth"]
     checks = {
         "zero_5xx": {"pass": n5xx == 0 and transport == 0, "5xx": n5xx, "transport_errors": transport},
-        "p99_stable": {"pass": ratio is not None and ratio <= P99_STABILITY, "last_over_first": ratio,
-                       "limit": P99_STABILITY},
+        "p99_stable": {"pass": ratio is not None and ratio <= P99_STABILITY, "second_over_first_half": ratio,
+                       "half_p99_ms": half_p99, "last_over_first_window": window_ratio, "limit": P99_STABILITY},
         "rss_growth": {"pass": growth is not None and growth < RSS_GROWTH_LIMIT, "growth": growth,
                        "limit": RSS_GROWTH_LIMIT},
     }
@@ -347,13 +357,15 @@ async def run_against(url: str, token: str, pid: int | None, args: argparse.Name
         print(f"  window {w['start_s']:6.0f}-{w['end_s']:<6.0f} s: {w['requests']:5d} req, p99 {p99} ms, "
               f"5xx {w['errors_5xx']}")
     c = result["checks"]
-    ratio = c["p99_stable"]["last_over_first"]
+    ratio = c["p99_stable"]["second_over_first_half"]
+    halves = c["p99_stable"]["half_p99_ms"]
     growth = c["rss_growth"]["growth"]
     print("criteria:")
     print(f"  [{'PASS' if c['zero_5xx']['pass'] else 'FAIL'}] zero 5xx: {c['zero_5xx']['5xx']} 5xx, "
           f"{c['zero_5xx']['transport_errors']} transport errors")
-    print(f"  [{'PASS' if c['p99_stable']['pass'] else 'FAIL'}] p99 stable: last/first window = "
-          f"{f'{ratio:.2f}' if ratio is not None else 'n/a'} (limit {P99_STABILITY})")
+    half_text = f" ({halves[0]:.0f} -> {halves[1]:.0f} ms)" if halves else ""
+    print(f"  [{'PASS' if c['p99_stable']['pass'] else 'FAIL'}] p99 stable: second/first half = "
+          f"{f'{ratio:.2f}' if ratio is not None else 'n/a'}{half_text} (limit {P99_STABILITY})")
     print(f"  [{'PASS' if c['rss_growth']['pass'] else 'FAIL'}] RSS growth after warm-up: "
           f"{f'{growth * 100:+.1f} %' if growth is not None else 'n/a'} ({rss['start_mib']} -> "
           f"{rss['end_mib']} MiB, limit {RSS_GROWTH_LIMIT * 100:.0f} %)")

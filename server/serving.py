@@ -67,6 +67,9 @@ class _Server(uvicorn.Server):
                     captured.clear()
 
 
+KEEP_ALIVE_S = 65
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     _install_request_id_logging(settings.log_level)
@@ -77,6 +80,9 @@ def serve(settings: Settings) -> int:
         date_header=True, log_config=None, lifespan="on", proxy_headers=False,
         access_log=False,  # the app's own access log (server.access) omits query strings, which may hold references
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+        # Longer than clients' and load balancers' idle timeouts (httpx 5 s, ALB 60 s): with uvicorn's 5 s default a
+        # pooled connection could be closed just as a client reused it (one ReadError in a 10-minute soak).
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = _Server(config, app)
     hint = token_hint(settings)
