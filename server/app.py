@@ -25,6 +25,7 @@ from server.api.http import (
 from server.api.http.controllers import COMPARE_PATHS
 from server.disconnect import CancelOnDisconnect
 from server.errors import FacerecError
+from server.memory import trim_forever
 from server.runtime import Runtime
 from server.service import ScanService
 from server.settings import Settings
@@ -74,6 +75,7 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
         app.state.runtime, app.state.service = rt, service
         grpc_server = None
         retention: asyncio.Task[None] | None = None
+        trimmer = asyncio.create_task(trim_forever(), name="facerec-malloc-trim")
         try:
             if app.state.serve_grpc and settings.grpc_port > 0:
                 # Imported here: gRPC is optional at run time and its generated code is heavy to import.
@@ -86,10 +88,11 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
                                                 name="facerec-retention")
             yield
         finally:
-            if retention is not None:
-                retention.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retention
+            for task in (retention, trimmer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             stopping = stop_grpc(app)
             if stopping is not None:
                 await stopping

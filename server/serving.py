@@ -13,6 +13,7 @@ from litestar import Litestar
 
 from server.api.http import RequestIdLogFilter
 from server.app import create_app, stop_grpc
+from server.memory import limit_arenas
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ KEEP_ALIVE_S = 65
 
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
+    limit_arenas()  # before the thread pools exist: arenas are created per thread
     _install_request_id_logging(settings.log_level)
     app = create_app(settings, grpc=True)
     config = uvicorn.Config(
