@@ -10,13 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +19,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from edgekit import COMPARE, SCANS, Edge, serve_both
+from faultkit import ServeProcess
 
 from server.api.http import RequestIdLogFilter
 from server.auth import ALL_ROLES, LocalIssuer
@@ -158,45 +153,15 @@ async def test_query_strings_and_tokens_stay_out_of_the_access_log(env: Edge,
 # --------------------------------------------------------------------------- the real process on a real socket
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _facerec_serve(tmp_path: Path, **env_vars: str) -> Iterator[tuple[str, Path]]:
     """`facerec serve` in a subprocess on a free loopback port; yields its base URL and its log file."""
-    port = _free_port()
-    log_path = tmp_path / "serve.log"
-    environ = {**os.environ, "FACEREC_DATA_DIR": str(tmp_path / "data"), "FACEREC_PORT": str(port),
-               "FACEREC_HOST": "127.0.0.1", "FACEREC_GRPC_PORT": "0", "FACEREC_DEVICE": "cpu",
-               "FACEREC_ORT_INTRA_THREADS": "1", "FACEREC_LOG_LEVEL": "INFO",
-               "FACEREC_MODEL_REPOSITORY": str(PROJECT_ROOT / "model_repository"), **env_vars}
-    environ.pop("FACEREC_DATABASE_URL", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=environ, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
-    url = f"http://127.0.0.1:{port}"
+    server = ServeProcess(tmp_path / "data", FACEREC_ORT_INTRA_THREADS="1",
+                          FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository"), **env_vars).start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text(errors="replace")
-            try:
-                if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "facerec serve did not start"
-            time.sleep(0.1)
-        yield url, log_path
+        yield server.url, server.log_path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        server.stop()
 
 
 async def _stream_until_answered(port: int, headers: str, total: int, piece: int) -> tuple[bytes, int]:
