@@ -68,20 +68,22 @@ def best_threshold(cos: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 async def embed_local(files: list[str], root: Path, settings: Settings, batch: int = 16
                       ) -> tuple[dict[str, np.ndarray | None], float]:
     from server.inference.backend import MODEL_NAMES
+    from server.inference.batched import DirectRunner
+    from server.inference.context import INTERNAL
     from server.inference.decode import DecodeLimits, decode_image
     from server.inference.onnxrt import OnnxRuntimeBackend
     from server.inference.pipeline import FacePipeline
     from server.runtime import pipeline_config
 
     backend = OnnxRuntimeBackend(settings.model_repository, intra_threads=settings.ort_intra_threads)
-    pipe = FacePipeline(backend, {m: backend.spec(m) for m in MODEL_NAMES}, pipeline_config(settings))
+    pipe = FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES}, pipeline_config(settings))
     limits = DecodeLimits(settings.max_image_pixels, settings.min_image_side, settings.max_image_side)
     out: dict[str, np.ndarray | None] = {}
     t0 = time.perf_counter()
     for i in range(0, len(files), batch):
         chunk = files[i : i + batch]
         imgs = [decode_image((root / f).read_bytes(), limits) for f in chunk]
-        for f, r in zip(chunk, await pipe.analyze(imgs), strict=True):
+        for f, r in zip(chunk, await pipe.analyze(imgs, INTERNAL), strict=True):
             out[f] = None if r is None else r.embedding
         print(f"\r  embedded {min(i + batch, len(files))}/{len(files)}", end="", file=sys.stderr)
     print(file=sys.stderr)

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from bench.common import DEFAULT_FACES, RESULTS, Progress, distribution, folder_images, machine_info, table, write_json
+from server.inference.context import INTERNAL
 from server.settings import Settings
 
 ANGLES = (-30, -15, 15, 30)
@@ -106,7 +107,7 @@ async def check_images(paths: list[Path], root: Path, settings: Settings, *, wit
         for path in paths:
             name = str(path.relative_to(root))
             img = decode_image(path.read_bytes(), rb.limits)
-            (base,) = await rb.pipe.analyze([img])
+            (base,) = await rb.pipe.analyze([img], INTERNAL)
             if base is None:
                 rows.append({"image": name, "no_face": True})
                 prog.update()
@@ -124,7 +125,7 @@ async def check_images(paths: list[Path], root: Path, settings: Settings, *, wit
                 "cover": cover_lower_face(img, points(a)),
                 "blur": blur_face(img, box),
             }
-            res = await rb.pipe.analyze(list(variants.values()))
+            res = await rb.pipe.analyze(list(variants.values()), INTERNAL)
             v = {k: (r.analysis if r is not None else None) for k, r in zip(variants, res, strict=True)}
             # Where the compared face must be in each variant; in a photo of several faces an edit can make
             # another face the most prominent one, and comparing two different faces says nothing.

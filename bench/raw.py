@@ -37,6 +37,7 @@ from bench.common import (
     table,
     write_json,
 )
+from server.inference.context import INTERNAL
 from server.settings import Settings
 
 STAGE_ORDER = ("decode", "detector pre", "detector infer", "detector post", "landmarker pre", "landmarker infer",
@@ -75,7 +76,7 @@ class TimingRunner:
     def __init__(self, backend: Any, timer: StageTimer) -> None:
         self.backend, self.timer = backend, timer
 
-    async def infer(self, model: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    async def infer(self, model: str, inputs: dict[str, Any], ctx: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             out: dict[str, Any] = await self.backend.infer(model, inputs)
@@ -149,7 +150,7 @@ class RawBench:
         datas = [d for p in pairs for d in (p.a.data, p.b.data)]
         # One after the other on one worker thread, so the stage times add up to the wall time at inflight 1.
         images = await asyncio.to_thread(lambda: [self._decode(d) for d in datas])
-        results = await self.pipe.analyze(images)
+        results = await self.pipe.analyze(images, INTERNAL)
         out: list[float | None] = []
         for k in range(len(pairs)):
             r1, r2 = results[2 * k], results[2 * k + 1]

@@ -34,19 +34,20 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
 
     from server.analysis.calibration import ScoreCalibration
     from server.api.schemas import CompareResponse
-    from server.domain import Scan
+    from server.domain import Channel, Scan, parse_reference
     from server.errors import FacerecError, NoFace
     from server.inference.backend import MODEL_NAMES
+    from server.inference.batched import DirectRunner
+    from server.inference.context import INTERNAL
     from server.inference.decode import DecodeLimits, decode_image
     from server.inference.onnxrt import OnnxRuntimeBackend
     from server.inference.pipeline import FacePipeline
     from server.runtime import pipeline_config
-    from server.service import parse_channel, validate_reference
 
     limits = DecodeLimits(settings.max_image_pixels, settings.min_image_side, settings.max_image_side)
     paths = [Path(args.image1), Path(args.image2)]
     try:
-        channel, reference = parse_channel(args.channel), validate_reference(args.reference)
+        channel, reference = Channel.parse(args.channel), parse_reference(args.reference)
         images = []
         for p in paths:
             try:
@@ -57,10 +58,10 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
             images.append(decode_image(data, limits, field=str(p)))
         backend = OnnxRuntimeBackend(settings.model_repository, device=settings.device,
                                      intra_threads=settings.ort_intra_threads)
-        pipeline = FacePipeline(backend, {m: backend.spec(m) for m in MODEL_NAMES}, pipeline_config(settings),
-                                ScoreCalibration())
+        pipeline = FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES},
+                                pipeline_config(settings), ScoreCalibration())
         started = asyncio.get_running_loop().time()
-        results = await pipeline.analyze(images)
+        results = await pipeline.analyze(images, INTERNAL)
         elapsed = asyncio.get_running_loop().time() - started
         for p, r in zip(paths, results, strict=True):
             if r is None:

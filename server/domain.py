@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import enum
+import math
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from server.errors import InvalidField
+
+# The longest reference a scan can hold (its column is VARCHAR(255)).
+MAX_REFERENCE = 255
 
 
 class Channel(enum.StrEnum):
@@ -15,12 +22,41 @@ class Channel(enum.StrEnum):
     MOBILE = "MOBILE"
     OTHER = "OTHER"
 
+    @classmethod
+    def parse(cls, value: str | None, field: str = "channel") -> Channel:
+        """A channel from the wire, on every transport and in every place (compare, update, list filter): case
+        and surrounding whitespace are ignored (``" web"`` is WEB); anything else is a 400 naming ``field``."""
+        try:
+            return cls((value or "").strip().upper())
+        except ValueError:
+            raise InvalidField(f"{field} must be one of WEB, MOBILE, OTHER", field=field) from None
+
 
 class CompareResult(enum.StrEnum):
     """Verdict of a comparison."""
 
     SAME = "Same person"
     DIFFERENT = "Different person"
+
+    @classmethod
+    def parse(cls, value: str | None, field: str = "compareResult") -> CompareResult:
+        """A verdict from the wire, by the same rule as :meth:`Channel.parse` (``"same PERSON"`` is SAME)."""
+        wanted = (value or "").strip().casefold()
+        for result in cls:
+            if result.value.casefold() == wanted:
+                return result
+        raise InvalidField(f"{field} must be 'Same person' or 'Different person'", field=field)
+
+
+def parse_reference(value: str | None, field: str = "reference") -> str:
+    """A reference from the wire: surrounding whitespace dropped, then 1-255 characters without control
+    characters (the one rule for compare, update and the list filter); a 400 naming ``field`` otherwise."""
+    ref = (value or "").strip()
+    if not 1 <= len(ref) <= MAX_REFERENCE:
+        raise InvalidField(f"{field} must be 1-{MAX_REFERENCE} characters", field=field)
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in ref):
+        raise InvalidField(f"{field} must not contain control characters", field=field)
+    return ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +136,19 @@ class ScanUpdate:
     sales_channel: Channel | None = None
     reference: str | None = None
 
+    @classmethod
+    def parse(cls, *, compare_result: str | None = None, compare_similarity: float | None = None,
+              sales_channel: str | None = None, reference: str | None = None) -> ScanUpdate:
+        """The change a caller asked for, validated by the wire rules (field names are the API's camelCase)."""
+        if compare_similarity is not None and not 0.0 <= compare_similarity <= 1.0:
+            raise InvalidField("compareSimilarity must be within 0..1", field="compareSimilarity")
+        return cls(
+            compare_result=None if compare_result is None else CompareResult.parse(compare_result),
+            compare_similarity=compare_similarity,
+            sales_channel=None if sales_channel is None else Channel.parse(sales_channel, "salesChannel"),
+            reference=None if reference is None else parse_reference(reference),
+        )
+
 
 SORTABLE_FIELDS = (
     "createdDate",
@@ -128,9 +177,27 @@ class ScanQuery:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of scans plus the total count."""
+    """One page of scans plus the total count, with the Spring Data page arithmetic both APIs report."""
 
     content: list[Scan] = field(default_factory=list)
     total: int = 0
     page: int = 0
     size: int = 20
+
+    @property
+    def total_pages(self) -> int:
+        """Pages of ``size`` needed for ``total`` scans (0 when there are none)."""
+        return math.ceil(self.total / self.size) if self.size else 0
+
+    @property
+    def first(self) -> bool:
+        return self.page == 0
+
+    @property
+    def last(self) -> bool:
+        """True on the last page and on any page past it (Spring's rule)."""
+        return self.page >= self.total_pages - 1
+
+    @property
+    def empty(self) -> bool:
+        return not self.content

@@ -1,10 +1,8 @@
-"""The one error taxonomy of facerec, mapped once to HTTP status codes and once to gRPC status codes."""
+"""The one error taxonomy of facerec; each error carries its HTTP status (the gRPC mapping is in api/grpc/)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
-
-import grpc
 
 
 class FacerecError(Exception):
@@ -97,29 +95,3 @@ class ModelBuildError(FacerecError):
     """Raised by `facerec models` (a CLI error, never an API response)."""
 
     code, title = "model_build_failed", "Model repository build failed"
-
-
-GRPC_CODES: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.FAILED_PRECONDITION,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    500: grpc.StatusCode.INTERNAL,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def http_status(err: FacerecError) -> int:
-    """HTTP status of an error."""
-    return err.status
-
-
-def grpc_status(err: FacerecError) -> grpc.StatusCode:
-    """gRPC status code of an error (deadlines map to DEADLINE_EXCEEDED)."""
-    if isinstance(err, DeadlineExceeded):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return GRPC_CODES.get(err.status, grpc.StatusCode.INTERNAL)

@@ -70,8 +70,17 @@ class Metrics:
         )
         self.requests_rejected = Counter(
             "facerec_requests_rejected_total",
-            "Work refused or dropped before inference.",
+            "Requests refused at admission (overloaded) or ended unfinished (deadline, cancelled).",
             ["reason"],
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "facerec_requests_in_flight", "Compare requests admitted and not yet finished.", registry=r
+        )
+        self.rows_dropped = Counter(
+            "facerec_rows_dropped_total",
+            "Queued rows dropped before reaching the model (their request's deadline passed, or it left).",
+            ["model", "reason"],
             registry=r,
         )
         self.scans = Counter("facerec_scans_total", "Scans by result.", ["result"], registry=r)

@@ -5,40 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
-from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate
-from server.errors import DeadlineExceeded, InvalidField, InvalidId, NoFace
+from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate, parse_reference
+from server.errors import DeadlineExceeded, InvalidId, NoFace
+from server.inference.context import RequestContext
 from server.inference.decode import DecodeLimits, decode_image
 from server.inference.pipeline import FaceResult
-from server.runtime import CallContext, Runtime, call_context
+from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-MAX_REFERENCE = 255
-FIRST_STAGE = "detector"  # the model every compare queues for first
-
-
-def parse_channel(value: str | None) -> Channel:
-    """Channel from the wire; anything but WEB/MOBILE/OTHER is a 400 naming the field."""
-    try:
-        return Channel((value or "").strip().upper())
-    except ValueError:
-        raise InvalidField("channel must be one of WEB, MOBILE, OTHER", field="channel") from None
-
-
-def validate_reference(value: str | None) -> str:
-    """1-255 printable characters (no control characters)."""
-    ref = (value or "").strip()
-    if not 1 <= len(ref) <= MAX_REFERENCE:
-        raise InvalidField(f"reference must be 1-{MAX_REFERENCE} characters", field="reference")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in ref):
-        raise InvalidField("reference must not contain control characters", field="reference")
-    return ref
 
 
 def parse_scan_id(value: str) -> uuid.UUID:
@@ -62,26 +41,26 @@ class ScanService:
 
     async def analyze_pair(self, file1: bytes, file2: bytes, *, source: str,
                            deadline: float | None = None) -> tuple[FaceResult, FaceResult]:
-        """Decode both images off the loop, then analyse them as one batch of two."""
-        # Admission first: with the first stage's queue full, refuse (429 + retry hint) within a millisecond,
-        # before spending CPU on decoding two images for a request that would be refused anyway.
-        self.runtime.runner.admit(FIRST_STAGE, 2)
-        loop = asyncio.get_running_loop()
-        if deadline is None:
-            deadline = loop.time() + self.runtime.settings.request_timeout_s
-        token = call_context.set(CallContext(source=source, deadline=deadline))
-        try:
-            async with asyncio.timeout_at(deadline):
-                img1, img2 = await asyncio.gather(
-                    asyncio.to_thread(decode_image, file1, self.limits, field="file1"),
-                    asyncio.to_thread(decode_image, file2, self.limits, field="file2"),
-                )
-                r1, r2 = await self.runtime.pipeline.analyze([img1, img2])
-        except TimeoutError:
-            self.runtime.metrics.requests_rejected.labels(reason="deadline").inc()
-            raise DeadlineExceeded("the request did not complete within its deadline") from None
-        finally:
-            call_context.reset(token)
+        """Decode both images off the loop, then analyse them as one batch of two.
+
+        The request holds one admission permit from before decoding until it ends: with the gate full it is
+        refused at once (429 + retry hint) without spending CPU on images that would wait anyway, and once
+        admitted it is never refused later.
+        """
+        with self.runtime.admission.admit():
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.runtime.settings.request_timeout_s
+            ctx = RequestContext(source=source, deadline=deadline)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    img1, img2 = await asyncio.gather(
+                        asyncio.to_thread(decode_image, file1, self.limits, field="file1"),
+                        asyncio.to_thread(decode_image, file2, self.limits, field="file2"),
+                    )
+                    r1, r2 = await self.runtime.pipeline.analyze([img1, img2], ctx)
+            except TimeoutError:
+                raise DeadlineExceeded("the request did not complete within its deadline") from None
         if r1 is None:
             raise NoFace("no face found in file1", field="file1")
         if r2 is None:
@@ -92,8 +71,8 @@ class ScanService:
                       file1: bytes, file2: bytes, source: str, deadline: float | None = None) -> Scan:
         """Analyse both photos, compare the faces, store the scan (never the images or embeddings)."""
         require_role(principal, ROLE_COMPARE)
-        ch = parse_channel(channel)
-        ref = validate_reference(reference)
+        ch = Channel.parse(channel)
+        ref = parse_reference(reference)
         started = time.perf_counter()
         r1, r2 = await self.analyze_pair(file1, file2, source=source, deadline=deadline)
         elapsed = time.perf_counter() - started
@@ -115,11 +94,6 @@ class ScanService:
     async def update(self, principal: Principal, scan_id: str, change: ScanUpdate) -> Scan:
         require_role(principal, ROLE_UPDATE)
         sid = parse_scan_id(scan_id)
-        if change.reference is not None:
-            change = ScanUpdate(change.compare_result, change.compare_similarity, change.sales_channel,
-                                validate_reference(change.reference))
-        if change.compare_similarity is not None and not 0.0 <= change.compare_similarity <= 1.0:
-            raise InvalidField("compareSimilarity must be within 0..1", field="compareSimilarity")
         return await self.runtime.store.update(principal.company_id, sid, change, principal.user_id,
                                                datetime.now(UTC))
 

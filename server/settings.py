@@ -54,7 +54,9 @@ class Settings:
     # --- batching
     max_batch_size: int = 0  # 0 -> auto: 16 on a GPU or Triton, 1 on CPU (batching only pays on accelerators)
     max_wait_ms: float = 5.0
-    max_queue: int = 256
+
+    # --- admission
+    max_in_flight: int = 0  # compares in flight; 0 -> auto: 256 on a GPU or Triton, 32 per core on CPU
 
     # --- request limits
     max_file_bytes: int = 10 * 1024 * 1024
@@ -92,7 +94,7 @@ class Settings:
             (0.0 <= self.threshold <= 1.0, "FACEREC_THRESHOLD must be within 0..1"),
             (self.max_batch_size >= 0, "FACEREC_MAX_BATCH_SIZE must be >= 0 (0 = auto)"),
             (self.max_wait_ms >= 0, "FACEREC_MAX_WAIT_MS must be >= 0"),
-            (self.max_queue >= 1, "FACEREC_MAX_QUEUE must be >= 1"),
+            (self.max_in_flight >= 0, "FACEREC_MAX_IN_FLIGHT must be >= 0 (0 = auto)"),
             (self.max_file_bytes >= 1 and self.max_request_bytes >= self.max_file_bytes,
              "FACEREC_MAX_REQUEST_BYTES must be >= FACEREC_MAX_FILE_BYTES >= 1"),
             (self.request_timeout_s > 0, "FACEREC_REQUEST_TIMEOUT_S must be > 0"),

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 
 from server.analysis.calibration import ScoreCalibration
 from server.inference.backend import MODEL_NAMES
+from server.inference.batched import DirectRunner
+from server.inference.context import INTERNAL
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.pipeline import FacePipeline, FaceResult, PipelineConfig
 from server.inference.triton_local import LocalTriton
@@ -36,7 +38,7 @@ def load_rgb(path: Path) -> RGB:
 
 def analyze_images(pipeline: FacePipeline, images: list[RGB]) -> list[FaceResult | None]:
     """Run the async pipeline on a batch from synchronous test code."""
-    return asyncio.run(pipeline.analyze(images))
+    return asyncio.run(pipeline.analyze(images, INTERNAL))
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +78,8 @@ def backend() -> Iterator[OnnxRuntimeBackend]:
 
 @pytest.fixture(scope="session")
 def pipeline(backend: OnnxRuntimeBackend) -> FacePipeline:
-    return FacePipeline(backend, {m: backend.spec(m) for m in MODEL_NAMES}, PipelineConfig(), ScoreCalibration())
+    return FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES}, PipelineConfig(),
+                        ScoreCalibration())
 
 
 def short_name(path: Path) -> str:
@@ -124,7 +127,7 @@ def mesh_of(pipeline: FacePipeline, backend: OnnxRuntimeBackend) -> Callable[[RG
         return mesh
 
     def get(image: RGB) -> npt.NDArray[np.float32]:
-        dets = asyncio.run(pipeline.detect([image]))[0]
+        dets = asyncio.run(pipeline.detect([image], INTERNAL))[0]
         assert dets, "no face found"
         d = dets[most_prominent(dets, image.shape[:2])]
         mesh = run(image, Landmarker.rois(d.box[None], d.kps[None, :2]))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 
-from server.domain import Channel, CompareResult, FaceAnalysis, Page, Scan
+from server.domain import MAX_REFERENCE, Channel, CompareResult, FaceAnalysis, Page, Scan
 
 
 def wire_time(dt: datetime | None) -> str | None:
@@ -123,19 +122,26 @@ class ScanPage(msgspec.Struct, rename="camel"):
 
     @classmethod
     def of(cls, p: Page) -> ScanPage:
-        pages = math.ceil(p.total / p.size) if p.size else 0
-        return cls(content=[ScanEntity.of(s) for s in p.content], total_elements=p.total, total_pages=pages,
-                   number=p.page, size=p.size, number_of_elements=len(p.content), first=p.page == 0,
-                   last=p.page >= pages - 1, empty=not p.content, sort=SortInfo(True, False, False))
+        return cls(content=[ScanEntity.of(s) for s in p.content], total_elements=p.total,
+                   total_pages=p.total_pages, number=p.page, size=p.size, number_of_elements=len(p.content),
+                   first=p.first, last=p.last, empty=p.empty, sort=SortInfo(True, False, False))
+
+
+def _one_of(values: list[str]) -> msgspec.Meta:
+    # Documented as the canonical spellings (what the server writes); the domain's parse also takes other cases.
+    return msgspec.Meta(extra_json_schema={"description": "case-insensitive", "extra": {"enum": values}})
 
 
 class ScanUpdateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
-    """Body of ``PUT /v1/face-recognition/{id}``; every field optional. Server-owned fields are ignored."""
+    """Body of ``PUT /v1/face-recognition/{id}``; every field optional. Server-owned fields are ignored.
 
-    compare_result: CompareResult | None = None
+    Values are checked by ``ScanUpdate.parse``, the rules gRPC's UpdateScan uses too (400 naming the field).
+    """
+
+    compare_result: Annotated[str, _one_of([r.value for r in CompareResult])] | None = None
     compare_similarity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
-    sales_channel: Channel | None = None
-    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    sales_channel: Annotated[str, _one_of([c.value for c in Channel])] | None = None
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REFERENCE)] | None = None
 
 
 class Problem(msgspec.Struct, omit_defaults=True):

@@ -6,7 +6,6 @@ from server.auth.guard import (
     ROLE_DELETE,
     ROLE_READ,
     ROLE_UPDATE,
-    has_role,
     require_role,
 )
 from server.auth.keys import LOCAL_ISSUER, LocalIssuer, jwk_thumbprint
@@ -38,7 +37,6 @@ __all__ = [
     "StaticKeys",
     "TokenVerifier",
     "VerificationKey",
-    "has_role",
     "jwk_thumbprint",
     "load_jwks_file",
     "parse_authorization_header",

@@ -12,11 +12,6 @@ ROLE_DELETE = "face:delete"
 ALL_ROLES = (ROLE_COMPARE, ROLE_READ, ROLE_UPDATE, ROLE_DELETE)
 
 
-def has_role(principal: Principal, role: str) -> bool:
-    """Whether ``principal`` holds ``role``."""
-    return role in principal.roles
-
-
 def require_role(principal: Principal, role: str) -> None:
     """Raise :class:`Forbidden` unless ``principal`` holds ``role``."""
     if role not in principal.roles:

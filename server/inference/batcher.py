@@ -7,7 +7,6 @@ import collections
 import copy
 import inspect
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +24,6 @@ Out = TypeVar("Out")
 
 BatchFn: TypeAlias = Callable[[list[In]], Awaitable[list[Out]]] | Callable[[list[In]], list[Out]]
 
-# Floor of the Retry-After hint: anything shorter invites a retry storm.
-_MIN_RETRY_AFTER_MS = 50
-# Before any batch has run there is no latency to extrapolate from.
-_DEFAULT_BATCH_LATENCY_S = 0.1
 # Consecutive collector crashes (without a good batch in between) before the batcher gives up.
 _MAX_COLLECTOR_RESTARTS = 3
 
@@ -42,7 +37,7 @@ class BatcherStats:
     failed_batches: int = 0
     dropped_cancelled: int = 0
     dropped_deadline: int = 0
-    rejected_overloaded: int = 0
+    queue_overflows: int = 0
     collector_restarts: int = 0
     last_batch_sizes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=256))
 
@@ -64,7 +59,11 @@ class Batcher(Generic[In, Out]):
     ``fn`` returns one output per input, in order. A coroutine function is awaited on the loop (async
     backends such as a Triton client); a plain function runs in this batcher's own worker threads so
     inference never blocks the event loop. Every waiter is always answered: with its output, with the
-    batch's error, or with ``Overloaded``/``DeadlineExceeded``/``Unavailable``.
+    batch's error, or with ``DeadlineExceeded``/``Unavailable``.
+
+    ``max_queue`` is a safety limit, not admission: requests are admitted (or refused with 429) before they reach
+    any batcher, and the runtime sizes ``max_queue`` so admitted work cannot fill it. Reaching it anyway is a bug;
+    the item fails loudly (logged, 500) instead of being refused as if the server were merely busy.
     """
 
     def __init__(
@@ -114,7 +113,6 @@ class Batcher(Generic[In, Out]):
         self._closed = False
         self._broken = False
         self._crashes = 0
-        self._latency_ema_s: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -198,8 +196,8 @@ class Batcher(Generic[In, Out]):
         ``source`` labels the transport ("http", "grpc") in metrics; ``deadline`` is an absolute
         ``loop.time()`` after which the item is dropped if it has not reached a batch yet.
 
-        Raises ``Overloaded`` when the queue is full, ``DeadlineExceeded``, ``Unavailable`` when
-        closing, or the batch's error (``InferenceFailed`` for anything unexpected).
+        Raises ``DeadlineExceeded``, ``Unavailable`` when closing, the batch's error (``InferenceFailed`` for
+        anything unexpected), or ``InferenceFailed`` when the queue bound is hit (a bug: see the class docstring).
         """
         if self._closing or self._broken:
             raise errors.Unavailable("shutting down" if self._closing else "batcher unavailable")
@@ -210,7 +208,7 @@ class Batcher(Generic[In, Out]):
         if deadline is not None and deadline <= now:
             self._count_deadline()
             raise errors.DeadlineExceeded()
-        self.admit(1)
+        self._check_bound()
         fut: asyncio.Future[Out] = loop.create_future()
         waiter = _Waiter(item=item, source=source, future=fut, enqueued=now, deadline=deadline)
         if deadline is not None:
@@ -225,25 +223,15 @@ class Batcher(Generic[In, Out]):
             if waiter.timer is not None:
                 waiter.timer.cancel()
 
-    def admit(self, n: int = 1) -> None:
-        """Raise ``Overloaded`` (with a retry hint) unless ``n`` more items fit in the queue now.
-
-        ``submit`` checks one item; a caller about to submit ``n`` items can ask first, before spending work
-        (decoding images) on a request that would be refused anyway.
-        """
-        if len(self._queue) + n > self.max_queue:
-            self._sweep()
-            if len(self._queue) + n > self.max_queue:
-                self.stats.rejected_overloaded += 1
-                if self._metrics is not None:
-                    self._metrics.requests_rejected.labels(reason="overloaded").inc()
-                raise errors.Overloaded(retry_after_ms=self.retry_after_ms())
-
-    def retry_after_ms(self) -> int:
-        """Estimated time to work off the current queue, from recent batch latency (at least 50 ms)."""
-        latency = self._latency_ema_s if self._latency_ema_s is not None else _DEFAULT_BATCH_LATENCY_S
-        batches = math.ceil(len(self._queue) / self.max_batch_size) / self.max_concurrent_batches
-        return max(_MIN_RETRY_AFTER_MS, math.ceil((batches * latency + self.max_wait_s) * 1000))
+    def _check_bound(self) -> None:
+        if len(self._queue) < self.max_queue:
+            return
+        self._sweep()  # waiters that already left do not count
+        if len(self._queue) >= self.max_queue:
+            self.stats.queue_overflows += 1
+            logger.error("batcher %s: queue bound %d reached by admitted work; the admission limit and the rows "
+                         "per request no longer fit this bound (a bug)", self.name, self.max_queue)
+            raise errors.InferenceFailed("inference queue bound exceeded")
 
     # ------------------------------------------------------------------ collector
 
@@ -345,7 +333,7 @@ class Batcher(Generic[In, Out]):
                 return False
             self.stats.dropped_cancelled += 1
             if self._metrics is not None:
-                self._metrics.requests_rejected.labels(reason="cancelled").inc()
+                self._metrics.rows_dropped.labels(model=self.name, reason="cancelled").inc()
             return False
         if fut.done():  # already answered by its deadline timer (and counted there)
             return False
@@ -395,9 +383,6 @@ class Batcher(Generic[In, Out]):
         else:
             error = self._check_outputs(outputs, len(items))
         elapsed = time.perf_counter() - t0
-        self._latency_ema_s = (
-            elapsed if self._latency_ema_s is None else 0.8 * self._latency_ema_s + 0.2 * elapsed
-        )
         self.stats.batches += 1
         self.stats.items += len(items)
         self.stats.last_batch_sizes.append(len(items))
@@ -457,7 +442,7 @@ class Batcher(Generic[In, Out]):
     def _count_deadline(self) -> None:
         self.stats.dropped_deadline += 1
         if self._metrics is not None:
-            self._metrics.requests_rejected.labels(reason="deadline").inc()
+            self._metrics.rows_dropped.labels(model=self.name, reason="deadline").inc()
 
     def _set_depth(self) -> None:
         if self._metrics is not None:

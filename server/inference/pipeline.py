@@ -1,7 +1,8 @@
 """The face pipeline: detect -> pick a face -> landmarks (two passes) -> 68 points -> align -> embed -> attributes.
 
 Every stage works on a batch; CPU-bound pre/post-processing runs off the event loop, model calls go through an
-``InferenceRunner`` (the backend itself, or the per-model dynamic batchers in front of it).
+``InferenceRunner`` (the per-model dynamic batchers in front of a backend, or the backend directly) together with
+the request's context (transport label, deadline), passed explicitly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from server.analysis.attributes import FaceGeometry, analyze_faces
 from server.analysis.calibration import ScoreCalibration
 from server.domain import CompareResult, Comparison, FaceAnalysis
 from server.inference.backend import ModelSpec
+from server.inference.context import RequestContext
 from server.inference.models.detector import Detection, Detector, most_prominent
 from server.inference.models.embedder import Embedder
 from server.inference.models.landmarker import Landmarker
@@ -24,12 +26,17 @@ from server.inference.models.mesh68 import mesh_to_68
 
 NDF = npt.NDArray[np.float32]
 
+# The most rows one image can have queued at one model at a time (today 1: one detection, one mesh pass, one
+# embedding at a time; 2 with flip_embedding). The runtime sizes the batchers' safety bound from it, with headroom:
+# raise it when a stage submits more rows per image (e.g. extra detector passes).
+MAX_ROWS_PER_IMAGE = 2
+
 
 class InferenceRunner(Protocol):
     """Anything that runs one batch through a named model (a backend, or batchers in front of one)."""
 
-    async def infer(self, model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
-        """Run ``model`` on a batch."""
+    async def infer(self, model: str, inputs: dict[str, NDF], ctx: RequestContext) -> dict[str, NDF]:
+        """Run ``model`` on a batch on behalf of the request ``ctx``."""
         ...
 
 
@@ -70,16 +77,16 @@ class FacePipeline:
         self.embedder = Embedder(specs["embedder"])
         self.calibration = calibration or ScoreCalibration()
 
-    async def detect(self, images: list[npt.NDArray[np.uint8]]) -> list[list[Detection]]:
+    async def detect(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[list[Detection]]:
         """All faces per image, best score first."""
         batch, scales = await asyncio.to_thread(self.detector.preprocess, images)
-        out = await self.runner.infer(self.detector.name, {"input": batch})
+        out = await self.runner.infer(self.detector.name, {"input": batch}, ctx)
         sizes = [img.shape[:2] for img in images]
         return await asyncio.to_thread(self.detector.postprocess, out, scales, sizes)
 
-    async def analyze(self, images: list[npt.NDArray[np.uint8]]) -> list[FaceResult | None]:
+    async def analyze(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[FaceResult | None]:
         """Analyse the most prominent face of each RGB image; ``None`` where no face was found."""
-        all_dets = await self.detect(images)
+        all_dets = await self.detect(images, ctx)
         chosen: list[tuple[int, Detection, int]] = []
         for i, dets in enumerate(all_dets):
             if dets:
@@ -92,16 +99,16 @@ class FacePipeline:
         kps = np.stack([c[1].kps for c in chosen])
 
         affines = Landmarker.rois(boxes, kps[:, :2])
-        mesh, presence = await self._mesh(images, index, affines)
+        mesh, presence = await self._mesh(images, index, affines, ctx)
         for _ in range(self.config.refine_passes if self.config.refine_landmarks else 0):
-            mesh, presence = await self._mesh(images, index, Landmarker.rois_from_mesh(mesh))
+            mesh, presence = await self._mesh(images, index, Landmarker.rois_from_mesh(mesh), ctx)
         pts68 = mesh_to_68(mesh)
 
         points5 = five_points(pts68) if self.config.align_on_mesh else kps
         crops = await asyncio.to_thread(Embedder.align, images, index, points5)
         flip = self.config.flip_embedding
         emb_in = await asyncio.to_thread(Embedder.preprocess, crops, flip=flip)
-        emb_out = await self.runner.infer(self.embedder.name, {self.embedder.input_name: emb_in})
+        emb_out = await self.runner.infer(self.embedder.name, {self.embedder.input_name: emb_in}, ctx)
         embeddings = self.embedder.postprocess(emb_out, flip=flip)
 
         geoms = [
@@ -115,9 +122,9 @@ class FacePipeline:
         return results
 
     async def _mesh(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp],
-                    affines: npt.NDArray[np.float64]) -> tuple[NDF, NDF]:
+                    affines: npt.NDArray[np.float64], ctx: RequestContext) -> tuple[NDF, NDF]:
         batch = await asyncio.to_thread(self.landmarker.preprocess, images, index, affines)
-        out = await self.runner.infer(self.landmarker.name, {self.landmarker.input_name: batch})
+        out = await self.runner.infer(self.landmarker.name, {self.landmarker.input_name: batch}, ctx)
         return self.landmarker.postprocess(out, affines)
 
     def compare(self, a: FaceResult, b: FaceResult) -> Comparison:

@@ -13,9 +13,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from server.domain import Channel, CompareResult, FaceAnalysis, Point, Scan
-
-REFERENCE_MAX_LEN = 255
+from server.domain import MAX_REFERENCE, Channel, CompareResult, FaceAnalysis, Point, Scan
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -65,7 +63,7 @@ class ScanRow(Base):
     updated_date: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_by_id: Mapped[str] = mapped_column(String(255))
     updated_by_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    reference: Mapped[str] = mapped_column(String(REFERENCE_MAX_LEN))
+    reference: Mapped[str] = mapped_column(String(MAX_REFERENCE))
     sales_channel: Mapped[str] = mapped_column(String(16))
     compare_result: Mapped[str] = mapped_column(String(32))
     compare_similarity: Mapped[float] = mapped_column(Float())

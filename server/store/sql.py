@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from server import errors
-from server.domain import SORTABLE_FIELDS, Channel, CompareResult, Page, Scan, ScanQuery, ScanUpdate
+from server.domain import MAX_REFERENCE, SORTABLE_FIELDS, Channel, CompareResult, Page, Scan, ScanQuery, ScanUpdate
 from server.store import migrate
-from server.store.models import REFERENCE_MAX_LEN, ScanRow, row_from_scan, scan_from_row
+from server.store.models import ScanRow, row_from_scan, scan_from_row
 
 # API (camelCase) sort names -> columns; kept in step with domain.SORTABLE_FIELDS by a unit test.
 SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
@@ -112,8 +112,8 @@ async def _translated() -> AsyncIterator[None]:
 
 def _check_reference(reference: str) -> None:
     # SQLite ignores VARCHAR lengths, so the limit is enforced here for both backends alike.
-    if not 1 <= len(reference) <= REFERENCE_MAX_LEN:
-        raise errors.InvalidField(f"reference must be 1-{REFERENCE_MAX_LEN} characters", field="reference")
+    if not 1 <= len(reference) <= MAX_REFERENCE:
+        raise errors.InvalidField(f"reference must be 1-{MAX_REFERENCE} characters", field="reference")
 
 
 def _check_aware(value: datetime, name: str) -> None:

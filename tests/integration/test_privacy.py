@@ -24,6 +24,7 @@ from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.api.http import RequestIdLogFilter
 from server.app import create_app
 from server.errors import NotFound
+from server.inference.context import INTERNAL
 from server.inference.decode import DecodeLimits, decode_image
 from server.store.sql import SqlScanStore
 
@@ -96,7 +97,7 @@ async def test_no_image_or_embedding_on_disk_in_db_or_logs(env: Edge, faces_dir:
     await env.http.get(f"{SCANS}/{http.json()['id']}", headers=env.headers())
     # The embeddings the pipeline makes of these very files (what a leak would have written).
     limits = DecodeLimits()
-    results = await env.runtime.pipeline.analyze([decode_image(f, limits) for f in files])
+    results = await env.runtime.pipeline.analyze([decode_image(f, limits) for f in files], INTERNAL)
     embeddings = [r.embedding for r in results if r is not None]
     assert len(embeddings) == 3
 

@@ -13,6 +13,8 @@ from PIL import Image
 from server.domain import CompareResult
 from server.errors import Unavailable
 from server.inference.backend import MODEL_NAMES, load_spec
+from server.inference.batched import DirectRunner
+from server.inference.context import INTERNAL
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.pipeline import FacePipeline, PipelineConfig
 from server.inference.triton import TritonBackend
@@ -103,10 +105,11 @@ def _load(name: str) -> np.ndarray:
 
 async def test_pipeline_matches_onnxruntime(backend: TritonBackend, ort_backend: OnnxRuntimeBackend) -> None:
     images = [_load(n) for n in PAIR]
-    via_triton = FacePipeline(backend, {m: backend.spec(m) for m in MODEL_NAMES}, PipelineConfig())
-    in_process = FacePipeline(ort_backend, {m: ort_backend.spec(m) for m in MODEL_NAMES}, PipelineConfig())
-    got = await via_triton.analyze(images)
-    want = await in_process.analyze(images)
+    via_triton = FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES}, PipelineConfig())
+    in_process = FacePipeline(DirectRunner(ort_backend), {m: ort_backend.spec(m) for m in MODEL_NAMES},
+                              PipelineConfig())
+    got = await via_triton.analyze(images, INTERNAL)
+    want = await in_process.analyze(images, INTERNAL)
     for g, w in zip(got, want, strict=True):
         assert g is not None and w is not None
         assert float(np.dot(g.embedding, w.embedding)) > 0.9999
@@ -169,7 +172,7 @@ async def test_runtime_selects_triton_from_env(triton: LocalTriton, tmp_path: Pa
     try:
         assert isinstance(runtime.backend, TritonBackend)
         assert (await runtime.readiness())["models"]
-        a, b = await runtime.pipeline.analyze([_load(PAIR[0]), _load(PAIR[1])])
+        a, b = await runtime.pipeline.analyze([_load(PAIR[0]), _load(PAIR[1])], INTERNAL)
         assert a is not None and b is not None
         assert runtime.pipeline.compare(a, b).result is CompareResult.DIFFERENT
         assert runtime.pipeline.compare(a, a).result is CompareResult.SAME

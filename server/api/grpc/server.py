@@ -46,14 +46,6 @@ class GrpcServer:
             await self.refresher
         await self.server.stop(grace)
 
-    async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
-
-
-async def stop_grpc_server(server: GrpcServer, grace: float | None = None) -> None:
-    """Stop ``server`` (same as ``await server.stop(grace)``)."""
-    await server.stop(grace)
-
 
 async def refresh_health(runtime: Runtime, health: HealthServicer) -> None:
     """Set the overall and the service status from ``runtime.readiness()`` once."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,19 +13,18 @@ from google.protobuf.message import DecodeError, Message
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
+from server.api.grpc.status import grpc_status
 from server.api.query import build_query
 from server.api.schemas import wire_time
 from server.auth import ROLE_COMPARE, parse_authorization_header, require_role
-from server.domain import Channel, CompareResult, FaceAnalysis, Page, Principal, Scan, ScanQuery, ScanUpdate
+from server.domain import FaceAnalysis, Page, Principal, Scan, ScanQuery, ScanUpdate
 from server.errors import (
     BadRequest,
     DeadlineExceeded,
     FacerecError,
-    InvalidField,
     MissingField,
     PayloadTooLarge,
     Unauthorized,
-    grpc_status,
 )
 from server.runtime import Runtime
 from server.service import ScanService
@@ -79,31 +77,16 @@ def scan_message(s: Scan) -> pb.Scan:
 
 
 def page_message(p: Page) -> pb.ListScansResponse:
-    """A Spring Data page (same arithmetic as the HTTP ``ScanPage``)."""
-    pages = math.ceil(p.total / p.size) if p.size else 0
+    """A Spring Data page (the domain's page arithmetic, as the HTTP ``ScanPage``)."""
     return pb.ListScansResponse(
-        content=[scan_message(s) for s in p.content], total_elements=p.total, total_pages=pages,
-        number=p.page, size=p.size, number_of_elements=len(p.content), first=p.page == 0,
-        last=p.page >= pages - 1, empty=not p.content,
+        content=[scan_message(s) for s in p.content], total_elements=p.total, total_pages=p.total_pages,
+        number=p.page, size=p.size, number_of_elements=len(p.content), first=p.first, last=p.last,
+        empty=p.empty,
         sort=pb.PageSort(sorted=True, unsorted=False, empty=False),
     )
 
 
 # --------------------------------------------------------------------------- wire -> domain
-
-
-def parse_channel_filter(value: str, field: str) -> Channel:
-    try:
-        return Channel(value.strip().upper())
-    except ValueError:
-        raise InvalidField(f"{field} must be one of WEB, MOBILE, OTHER", field=field) from None
-
-
-def parse_result(value: str, field: str) -> CompareResult:
-    try:
-        return CompareResult(value)
-    except ValueError:
-        raise InvalidField(f"{field} must be 'Same person' or 'Different person'", field=field) from None
 
 
 def scan_query(req: pb.ListScansRequest) -> ScanQuery:
@@ -120,14 +103,15 @@ def scan_query(req: pb.ListScansRequest) -> ScanQuery:
 
 
 def scan_update(req: pb.UpdateScanRequest) -> ScanUpdate:
-    """Present optional fields become changes; field names in errors are the HTTP body's."""
-    return ScanUpdate(
-        compare_result=parse_result(req.compare_result, "compareResult")
-        if req.HasField("compare_result") else None,
+    """Present optional fields become changes, validated by the domain's rules (the same as HTTP's)."""
+
+    def opt(name: str) -> str | None:
+        return str(getattr(req, name)) if req.HasField(name) else None
+
+    return ScanUpdate.parse(
+        compare_result=opt("compare_result"),
         compare_similarity=req.compare_similarity if req.HasField("compare_similarity") else None,
-        sales_channel=parse_channel_filter(req.sales_channel, "salesChannel")
-        if req.HasField("sales_channel") else None,
-        reference=req.reference if req.HasField("reference") else None,
+        sales_channel=opt("sales_channel"), reference=opt("reference"),
     )
 
 

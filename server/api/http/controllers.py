@@ -69,8 +69,8 @@ class ScanController(Controller):
          "fields (id, companyId, createdDate, createdById, ...) in the body are ignored.")
     async def update_scan(self, scan_id: FromPath[str], data: JSONBody[ScanUpdateIn], principal: Caller,
                           service: Service) -> ScanEntity:
-        change = ScanUpdate(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
-                            sales_channel=data.sales_channel, reference=data.reference)
+        change = ScanUpdate.parse(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
+                                  sales_channel=data.sales_channel, reference=data.reference)
         return ScanEntity.of(await service.update(principal, scan_id, change))
 
     @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)",

@@ -20,6 +20,7 @@ from litestar.openapi.spec import (
 
 from server.api.http.problems import PROBLEM_MEDIA_TYPE
 from server.api.schemas import CompareResponse, Problem, ScanEntity
+from server.domain import MAX_REFERENCE
 
 # Operation ids the compare response links to (OpenAPI links: clients and fuzzers can follow create -> read).
 GET_SCAN, UPDATE_SCAN, DELETE_SCAN = "getScan", "updateScan", "deleteScan"
@@ -102,7 +103,7 @@ class CompareFormOperation(Operation):
             properties={
                 "channel": Schema(type=OpenAPIType.STRING, enum=["WEB", "MOBILE", "OTHER"]),
                 "file1": image, "file2": image,
-                "reference": Schema(type=OpenAPIType.STRING, min_length=1, max_length=255,
+                "reference": Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_REFERENCE,
                                     description="caller's own key for the scan"),
             },
         )

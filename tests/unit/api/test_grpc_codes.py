@@ -16,6 +16,7 @@ import server.auth  # noqa: F401 - imported for its FacerecError subclasses (wal
 from server import errors
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.api.grpc.servicer import FaceRecognitionServicer, error_metadata
+from server.api.grpc.status import grpc_status
 from server.domain import Principal
 from server.metrics import Metrics
 from server.settings import Settings
@@ -51,7 +52,7 @@ def _all_subclasses(cls: type[errors.FacerecError]) -> set[type[errors.FacerecEr
 
 @pytest.mark.parametrize(("cls", "code"), EXPECTED.items(), ids=[c.__name__ for c in EXPECTED])
 def test_taxonomy_maps_to_grpc_code(cls: type[errors.FacerecError], code: grpc.StatusCode) -> None:
-    assert errors.grpc_status(cls("x")) == code
+    assert grpc_status(cls("x")) == code
 
 
 def test_every_error_of_the_taxonomy_is_in_the_table() -> None:
@@ -63,12 +64,12 @@ def test_every_error_of_the_taxonomy_is_in_the_table() -> None:
 def test_private_subclasses_map_like_their_public_base() -> None:
     for cls in _all_subclasses(errors.FacerecError) - set(EXPECTED):
         base = next(b for b in cls.__mro__ if b in EXPECTED)
-        assert errors.grpc_status(cls("x")) == EXPECTED[base], cls
+        assert grpc_status(cls("x")) == EXPECTED[base], cls
 
 
 def test_no_error_maps_to_ok_or_unknown() -> None:
     for cls in EXPECTED:
-        assert errors.grpc_status(cls("x")) not in (S.OK, S.UNKNOWN)
+        assert grpc_status(cls("x")) not in (S.OK, S.UNKNOWN)
 
 
 def test_error_metadata() -> None:

@@ -17,8 +17,9 @@ from server import errors
 from server.inference.batcher import Batcher
 from server.metrics import Metrics
 
-# Every await on the batcher goes through this bound, so a bug fails the test instead of hanging it.
-T = 2.0
+# Every await on the batcher goes through this bound, so a bug fails the test instead of hanging it. Nothing here
+# takes more than ~0.5 s unloaded; 10 s holds at 10x slowdown on a loaded 2-core machine.
+T = 10.0
 
 
 class SyncBackend:
@@ -145,7 +146,8 @@ async def test_outputs_routed_to_their_waiters(make: MakeBatcher) -> None:
     b = make(fn, max_batch_size=8, max_wait_ms=3)
 
     async def client(i: int) -> None:
-        await asyncio.sleep(random.random() * 0.01)
+        if i >= 10:  # the first ten submit in the same loop tick, so at least one batch holds several
+            await asyncio.sleep(random.random() * 0.01)
         out = await b.submit(i, source=random.choice(["http", "grpc"]))
         assert out == i * 2, (i, out)
 
@@ -160,8 +162,9 @@ async def test_max_wait_bounds_latency_at_low_load(make: MakeBatcher) -> None:
     t0 = time.perf_counter()
     assert await within(b.submit(21)) == 42
     elapsed = time.perf_counter() - t0
-    # Alone, the item waits out the window (nobody joins), then the 10 ms call; never much longer.
-    assert 0.015 <= elapsed < 0.020 + 0.010 + 0.040
+    # Alone, the item waits out the 20 ms window (nobody joins), then the 10 ms call. The upper bound only tells
+    # "the window ended" from "it waited for company until the test's bound": 1 s holds at 10x slowdown.
+    assert 0.020 <= elapsed < 1.0
     assert fn.batches == [[21]]
 
 
@@ -169,11 +172,9 @@ async def test_max_wait_zero_takes_what_is_queued(make: MakeBatcher) -> None:
     fn = AsyncBackend()
     b = make(fn, max_batch_size=16, max_wait_ms=0)
     await b.start()
-    t0 = time.perf_counter()
     assert await within(b.submit(1)) == 2
-    assert time.perf_counter() - t0 < 0.02
 
-    # Items that queue up while a batch is in flight all go into the next batch at once.
+    # No window: items that queue up while a batch is in flight all go into the next batch at once.
     fn.batches.clear()
     fn.hold()
     first = asyncio.create_task(b.submit(0))
@@ -273,12 +274,15 @@ async def test_cancelled_waiter_is_dropped_before_the_batch(make: MakeBatcher) -
     assert gone.cancelled()
     assert 2 not in fn.seen()
     assert b.stats.dropped_cancelled == 1
-    assert m.value("facerec_requests_rejected_total", reason="cancelled") == 1
+    # Rows are counted per model; requests are counted once by the admission gate, not here.
+    assert m.value("facerec_rows_dropped_total", model="fake", reason="cancelled") == 1
+    assert m.value("facerec_requests_rejected_total", reason="cancelled") == 0
 
 
 async def test_cancelled_during_batch_window_is_dropped(make: MakeBatcher) -> None:
     fn = AsyncBackend()
-    b = make(fn, max_batch_size=16, max_wait_ms=40)
+    # A long window: the few loop turns below must fall inside it even if the process is descheduled for a while.
+    b = make(fn, max_batch_size=16, max_wait_ms=500)
     gone = asyncio.create_task(b.submit(7))
     stay = asyncio.create_task(b.submit(8))
     await settle()  # both taken into the forming batch, window still open
@@ -311,10 +315,9 @@ async def test_expired_deadline_is_answered_and_never_sent(make: MakeBatcher) ->
     fn.hold()
     first = asyncio.create_task(b.submit(100))
     await within(fn.entered.wait())
-    t0 = time.perf_counter()
+    # The batch in flight is held until after this answer, so the answer came from the deadline timer.
     with pytest.raises(errors.DeadlineExceeded):
         await within(b.submit(2, deadline=loop.time() + 0.03))
-    assert time.perf_counter() - t0 < 0.03 + 0.04
     ok = asyncio.create_task(b.submit(3, deadline=loop.time() + 5))
     await settle()
     fn.gate.set()
@@ -322,7 +325,7 @@ async def test_expired_deadline_is_answered_and_never_sent(make: MakeBatcher) ->
     assert 1 not in fn.seen()
     assert 2 not in fn.seen()
     assert b.stats.dropped_deadline == 2
-    assert m.value("facerec_requests_rejected_total", reason="deadline") == 2
+    assert m.value("facerec_rows_dropped_total", model="fake", reason="deadline") == 2
 
 
 async def test_deadline_inside_batch_window_drops_item(make: MakeBatcher) -> None:
@@ -337,10 +340,11 @@ async def test_deadline_inside_batch_window_drops_item(make: MakeBatcher) -> Non
     assert fn.batches == [[2]]
 
 
-# ---------------------------------------------------------------- overload
+# ---------------------------------------------------------------- the queue bound (a safety limit, not admission)
 
 
-async def test_full_queue_rejects_fast_with_retry_after(make: MakeBatcher) -> None:
+async def test_queue_bound_is_a_loud_failure_not_a_refusal(make: MakeBatcher,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     fn = AsyncBackend()
     m = Metrics()
     b = make(fn, max_batch_size=1, max_wait_ms=0, max_queue=4, metrics=m)
@@ -351,45 +355,20 @@ async def test_full_queue_rejects_fast_with_retry_after(make: MakeBatcher) -> No
     await settle()
     assert b.queue_depth == 4
     assert m.value("facerec_queue_depth", model="fake") == 4
-    for i in range(5, 8):
-        t0 = time.perf_counter()
-        with pytest.raises(errors.Overloaded) as info:
-            await within(b.submit(i))
-        assert time.perf_counter() - t0 < 0.01
-        assert info.value.retry_after_ms >= 50
-    assert b.stats.rejected_overloaded == 3
-    assert m.value("facerec_requests_rejected_total", reason="overloaded") == 3
+    with caplog.at_level(logging.ERROR, logger="server.inference.batcher"):
+        for i in range(5, 7):
+            # Admission keeps admitted work below the bound; reaching it is a bug, never a 429.
+            with pytest.raises(errors.InferenceFailed):
+                await within(b.submit(i))
+    assert b.stats.queue_overflows == 2
+    assert any("queue bound 4" in r.getMessage() for r in caplog.records)
+    assert m.value("facerec_requests_rejected_total", reason="overloaded") == 0
     fn.gate.set()
     assert await within(asyncio.gather(running, *queued)) == [0, 2, 4, 6, 8]
     assert m.value("facerec_queue_depth", model="fake") == 0
 
 
-async def test_sync_blocked_fn_overload(make: MakeBatcher) -> None:
-    release = threading.Event()
-    entered = threading.Event()
-
-    def blocked(items: list[int]) -> list[int]:
-        entered.set()
-        release.wait(5)
-        return items
-
-    b = make(blocked, max_batch_size=2, max_wait_ms=0, max_queue=4)
-    try:
-        first = asyncio.create_task(b.submit(0))
-        await within(asyncio.to_thread(entered.wait, 2))
-        queued = [asyncio.create_task(b.submit(i)) for i in range(1, 5)]
-        await settle()
-        t0 = time.perf_counter()
-        with pytest.raises(errors.Overloaded) as info:
-            await within(b.submit(5))
-        assert time.perf_counter() - t0 < 0.05
-        assert info.value.retry_after_ms > 0
-    finally:
-        release.set()
-    assert await within(asyncio.gather(first, *queued)) == [0, 1, 2, 3, 4]
-
-
-async def test_departed_waiters_do_not_count_against_capacity(make: MakeBatcher) -> None:
+async def test_departed_waiters_do_not_count_against_the_bound(make: MakeBatcher) -> None:
     fn = AsyncBackend()
     b = make(fn, max_batch_size=1, max_wait_ms=0, max_queue=2)
     fn.hold()
@@ -405,21 +384,7 @@ async def test_departed_waiters_do_not_count_against_capacity(make: MakeBatcher)
     fn.gate.set()
     assert await within(asyncio.gather(running, stays, late)) == [0, 4, 6]
     assert 1 not in fn.seen()
-
-
-async def test_retry_after_grows_with_queue_and_latency(make: MakeBatcher) -> None:
-    fn = AsyncBackend(delay=0.03)
-    b = make(fn, max_batch_size=2, max_wait_ms=0, max_queue=100)
-    assert await within(b.submit(1)) == 2  # teaches it a ~30 ms batch latency
-    assert b.retry_after_ms() >= 50
-    fn.hold()
-    tasks = [asyncio.create_task(b.submit(i)) for i in range(41)]
-    await within(fn.entered.wait())
-    await settle()
-    # ~40 queued / 2 per batch * ~30 ms -> several hundred ms.
-    assert b.retry_after_ms() > 300
-    fn.gate.set()
-    await within(asyncio.gather(*tasks), 5)
+    assert b.stats.queue_overflows == 0
 
 
 # ---------------------------------------------------------------- shutdown and health
@@ -468,7 +433,8 @@ async def test_aclose_timeout_answers_a_hung_batch(make: MakeBatcher) -> None:
     await within(fn.entered.wait())
     t0 = time.perf_counter()
     await within(b.aclose(drain=True, drain_timeout_s=0.1))
-    assert time.perf_counter() - t0 < 0.5
+    # The hung batch is given up after the 0.1 s drain time, not after the test's bound (1 s holds at 10x).
+    assert time.perf_counter() - t0 < 1.0
     results = await within(asyncio.gather(*tasks, return_exceptions=True))
     assert all(isinstance(r, errors.Unavailable) for r in results)
 
@@ -547,25 +513,27 @@ async def test_max_concurrent_batches_overlaps_but_is_bounded(make: MakeBatcher)
 
 
 async def test_sync_fn_runs_off_the_event_loop(make: MakeBatcher) -> None:
-    fn = SyncBackend(delay=0.2)
-    b = make(fn, max_wait_ms=0)
-    ticks = 0
+    # fn blocks until the event loop releases it: on the loop's own thread that could never happen (it would wait
+    # out its 5 s and report it was not released), so a released fn proves it ran elsewhere. No timing involved.
+    release = threading.Event()
+    entered = threading.Event()
+    released: list[bool] = []
+    threads: list[threading.Thread] = []
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
+    def blocking(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread())
+        entered.set()
+        released.append(release.wait(5))
+        return [x * 2 for x in items]
 
-    tick_task = asyncio.create_task(ticker())
-    try:
-        assert await within(b.submit(5)) == 10
-    finally:
-        tick_task.cancel()
-    assert fn.threads
-    assert all(t is not threading.main_thread() for t in fn.threads)
-    assert fn.threads[0].name.startswith("batcher-fake")
-    assert ticks >= 10  # ~20 expected over 0.2 s; a blocked loop gives 0-1
+    b = make(blocking, max_wait_ms=0)
+    task = asyncio.create_task(b.submit(5))
+    assert await within(asyncio.to_thread(entered.wait, 5))
+    release.set()  # the loop is free to run this while fn blocks
+    assert await within(task) == 10
+    assert released == [True]
+    assert threads[0] is not threading.main_thread()
+    assert threads[0].name.startswith("batcher-fake")
 
 
 async def test_sync_fn_on_loop_when_asked(make: MakeBatcher) -> None:

@@ -15,6 +15,8 @@ import pytest
 
 from server.domain import CompareResult, FaceAnalysis
 from server.inference.backend import MODEL_NAMES
+from server.inference.batched import DirectRunner
+from server.inference.context import INTERNAL
 from server.inference.models.detector import most_prominent
 from server.inference.models.embedder import Embedder
 from server.inference.onnxrt import OnnxRuntimeBackend
@@ -94,7 +96,7 @@ def test_two_faces_choose_the_most_prominent(pipeline: FacePipeline, photo: Call
     img = photo(name)
     r = _face(photo_results, name)
     assert r.analysis.faces_found == 2
-    dets = asyncio.run(pipeline.detect([img]))[0]
+    dets = asyncio.run(pipeline.detect([img], INTERNAL))[0]
     assert len(dets) == 2
     areas = [d.width * d.height for d in dets]
     chosen = most_prominent(dets, img.shape[:2])
@@ -192,8 +194,8 @@ def test_embedder_is_fed_rgb(backend: OnnxRuntimeBackend, pipeline: FacePipeline
 def test_threshold_is_configurable(backend: OnnxRuntimeBackend, photo_results: Results) -> None:
     specs = {m: backend.spec(m) for m in MODEL_NAMES}
     a, b = _face(photo_results, "obama_01"), _face(photo_results, "obama_04")
-    loose = FacePipeline(backend, specs, PipelineConfig(threshold=0.5))
-    strict = FacePipeline(backend, specs, PipelineConfig(threshold=0.99))
+    loose = FacePipeline(DirectRunner(backend), specs, PipelineConfig(threshold=0.5))
+    strict = FacePipeline(DirectRunner(backend), specs, PipelineConfig(threshold=0.99))
     assert loose.compare(a, b).result is CompareResult.SAME
     assert strict.compare(a, b).result is CompareResult.DIFFERENT
     assert loose.compare(a, b).similarity == strict.compare(a, b).similarity

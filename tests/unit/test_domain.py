@@ -1,0 +1,65 @@
+"""The wire rules kept once in the domain: channel, compare result and reference parsing, Spring page arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.domain import MAX_REFERENCE, Channel, CompareResult, Page, ScanUpdate, parse_reference
+from server.errors import InvalidField
+
+
+@pytest.mark.parametrize(("raw", "want"), [("WEB", Channel.WEB), ("web", Channel.WEB), (" Mobile ", Channel.MOBILE),
+                                          ("other", Channel.OTHER)])
+def test_channel_ignores_case_and_surrounding_space(raw: str, want: Channel) -> None:
+    assert Channel.parse(raw) is want
+
+
+@pytest.mark.parametrize("raw", ["", None, "FAX", "W EB", "webb"])
+def test_unknown_channel_names_the_field(raw: str | None) -> None:
+    with pytest.raises(InvalidField) as info:
+        Channel.parse(raw, "salesChannel")
+    assert info.value.field == "salesChannel"
+
+
+@pytest.mark.parametrize(("raw", "want"), [("Same person", CompareResult.SAME), ("same PERSON", CompareResult.SAME),
+                                          (" Different person", CompareResult.DIFFERENT)])
+def test_compare_result_ignores_case_and_surrounding_space(raw: str, want: CompareResult) -> None:
+    assert CompareResult.parse(raw) is want
+
+
+@pytest.mark.parametrize("raw", ["", "same", "Maybe", "Same  person"])
+def test_unknown_compare_result_is_invalid(raw: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        CompareResult.parse(raw)
+    assert info.value.field == "compareResult"
+
+
+def test_reference_rules() -> None:
+    assert parse_reference("  contract-7 ") == "contract-7"
+    assert parse_reference("r" * MAX_REFERENCE) == "r" * MAX_REFERENCE
+    for bad in ("", "   ", "r" * (MAX_REFERENCE + 1), "a\x00b", "tab\there"):
+        with pytest.raises(InvalidField) as info:
+            parse_reference(bad)
+        assert info.value.field == "reference"
+
+
+def test_scan_update_parse_validates_every_field() -> None:
+    change = ScanUpdate.parse(compare_result="different person", compare_similarity=0.25, sales_channel="mobile",
+                              reference=" r-2 ")
+    assert change == ScanUpdate(CompareResult.DIFFERENT, 0.25, Channel.MOBILE, "r-2")
+    assert ScanUpdate.parse() == ScanUpdate()
+    for kwargs, field in (({"compare_similarity": 1.5}, "compareSimilarity"),
+                          ({"sales_channel": "FAX"}, "salesChannel"), ({"compare_result": "maybe"}, "compareResult"),
+                          ({"reference": ""}, "reference")):
+        with pytest.raises(InvalidField) as info:
+            ScanUpdate.parse(**kwargs)  # type: ignore[arg-type]
+        assert info.value.field == field
+
+
+@pytest.mark.parametrize(("total", "page", "size", "pages", "first", "last"), [
+    (0, 0, 20, 0, True, True), (5, 0, 2, 3, True, False), (5, 2, 2, 3, False, True), (5, 7, 2, 3, False, True),
+    (4, 1, 2, 2, False, True), (1, 0, 200, 1, True, True),
+])
+def test_page_arithmetic(total: int, page: int, size: int, pages: int, first: bool, last: bool) -> None:
+    p = Page(content=[], total=total, page=page, size=size)
+    assert (p.total_pages, p.first, p.last, p.empty) == (pages, first, last, True)
