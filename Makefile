@@ -28,8 +28,8 @@ test: models
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check server tests bench
-	$(BIN)/mypy server
+	$(BIN)/ruff check server tests bench tooling
+	$(BIN)/mypy server tooling
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

@@ -25,7 +25,7 @@ from bench.common import (
     DEFAULT_LFW_PAIRS,
     RESULTS,
     Pair,
-    ServerProcess,
+    bench_server,
     csv_ints,
     load_pairs,
     machine_info,
@@ -34,6 +34,7 @@ from bench.common import (
     timed_section,
     write_json,
 )
+from tooling.serve import ServeProcess
 
 PARTS = ("raw", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes")
 
@@ -50,7 +51,7 @@ def profile_for(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy_labels": True, "attributes_limit": None}
 
 
-def sweep(server: ServerProcess, protocol: str, pairs: list[Pair], concurrency: list[int], p: dict[str, Any],
+def sweep(server: ServeProcess, protocol: str, pairs: list[Pair], concurrency: list[int], p: dict[str, Any],
           *, rates: list[float] | None = None, label: str = "") -> list[dict[str, Any]]:
     from bench.load import run_steps
 
@@ -374,7 +375,7 @@ def markdown(s: dict[str, Any]) -> str:
 
 
 def run_server_part(env: dict[str, str], body: Any) -> None:
-    server = ServerProcess(env=env)
+    server = bench_server(env)
     try:
         server.start()
         body(server)
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
               "pairs_source": source, "pairs": len(pairs), "requests_per_step": p["requests"],
               "duration_per_step_s": p["duration"]}
     if parts & {"http", "grpc", "open"}:
-        def batching_on(server: ServerProcess) -> None:
+        def batching_on(server: ServeProcess) -> None:
             http_steps: list[dict[str, Any]] = []
             if "http" in parts:
                 with timed_section("HTTP closed-loop sweep, batching on"):
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         run_server_part({"FACEREC_MAX_BATCH_SIZE": "16"}, batching_on)
 
     if "nobatch" in parts:
-        def batching_off(server: ServerProcess) -> None:
+        def batching_off(server: ServeProcess) -> None:
             with timed_section("HTTP closed-loop sweep, batching off (FACEREC_MAX_BATCH_SIZE=1)"):
                 steps = sweep(server, "http", pairs, p["http_c"], p, label="no-batch ")
             write_json(out / "load_http_nobatch.json",

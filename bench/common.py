@@ -1,4 +1,4 @@
-"""Shared helpers of the bench tools: image pairs, loopback checks, tokens, a server harness, metrics, reports."""
+"""Shared helpers of the bench tools: image pairs, loopback checks, tokens, the server process, metrics, reports."""
 
 from __future__ import annotations
 
@@ -10,20 +10,19 @@ import itertools
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from tooling.serve import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -140,86 +139,10 @@ def mint_token(data_dir: Path, company: str = "BENCH", ttl: int = 86_400) -> str
     return proc.stdout.strip().splitlines()[-1]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ----------------------------------------------------------------------------------------------- server harness
-
-
-@dataclass(slots=True)
-class ServerProcess:
-    """A ``facerec serve`` child on loopback free ports, with its own temporary data directory."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    grpc: bool = True
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    grpc_port: int = 0
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def data_dir(self) -> Path:
-        assert self.tmp is not None
-        return Path(self.tmp.name) / "data"
-
-    def start(self, ready_timeout: float = 180.0) -> ServerProcess:
-        import httpx
-
-        self.tmp = tempfile.TemporaryDirectory(prefix="facerec-bench-")
-        self.port, self.grpc_port = free_port(), (free_port() if self.grpc else 0)
-        self.log_path = Path(self.tmp.name) / "server.log"
-        env = {**os.environ, "FACEREC_DATA_DIR": str(self.data_dir), "FACEREC_SHUTDOWN_GRACE_S": "5", **self.env}
-        env.pop("FACEREC_DATABASE_URL", None)  # always the temporary SQLite store
-        cmd = [*facerec_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--grpc-port", str(self.grpc_port)]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"facerec serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"facerec serve not ready after {ready_timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 30) -> str:
-        if self.log_path is None or not self.log_path.is_file():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-        if self.tmp is not None:
-            self.tmp.cleanup()
-            self.tmp = None
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def bench_server(env: Mapping[str, str], *, grpc: bool = True) -> ServeProcess:
+    """A ``facerec serve`` child for one benchmark part (the shared one the tests use too): free loopback ports, a
+    temporary data directory and SQLite store, ready once ``/health/ready`` answers; a 5 s drain on stop."""
+    return ServeProcess(env={"FACEREC_SHUTDOWN_GRACE_S": "5", **env}, grpc=grpc, ready_path="/health/ready")
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -39,7 +39,7 @@ import numpy as np
 from bench.common import (
     RESULTS,
     Pair,
-    ServerProcess,
+    bench_server,
     load_pairs,
     machine_info,
     mint_token,
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             print("note: no --pid: resident memory is not sampled and the RSS criterion fails", file=sys.stderr)
         return asyncio.run(run_against(args.url.rstrip("/"), token, args.pid, args, None))
     env = {"FACEREC_BACKEND": "onnxruntime"}
-    with ServerProcess(env=dict(env), grpc=False) as server:
+    with bench_server(env, grpc=False) as server:
         assert server.proc is not None
         print(f"started facerec serve (pid {server.proc.pid}) on {server.url}", flush=True)
         token = mint_token(server.data_dir)

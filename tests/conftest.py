@@ -21,7 +21,7 @@ from server.inference.batched import DirectRunner
 from server.inference.context import INTERNAL
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.pipeline import FacePipeline, FaceResult, PipelineConfig
-from server.inference.triton_local import LocalTriton
+from tooling.triton_local import LocalTriton
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES_DIR = ROOT.parent / "shared" / "faces"
@@ -141,7 +141,7 @@ def mesh_of(pipeline: FacePipeline, backend: OnnxRuntimeBackend) -> Callable[[RG
 @pytest.fixture(scope="session")
 def local_triton() -> Iterator[LocalTriton]:
     """A real tritonserver (bundled in nvidia-pytriton) serving the model repository on CPU, once per session."""
-    from server.inference.triton_local import TritonUnavailableError
+    from tooling.triton_local import TritonUnavailableError
 
     missing = [m for m in MODEL_NAMES if not (MODEL_REPOSITORY / m / "1" / "model.onnx").is_file()]
     if missing:

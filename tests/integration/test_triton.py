@@ -18,8 +18,9 @@ from server.inference.context import INTERNAL
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.pipeline import FacePipeline, PipelineConfig
 from server.inference.triton import TritonBackend
-from server.inference.triton_local import LocalTriton, TritonUnavailableError
 from server.settings import PROJECT_ROOT
+from tooling.serve import free_port
+from tooling.triton_local import LocalTriton, TritonUnavailableError
 
 pytestmark = pytest.mark.triton
 
@@ -156,8 +157,6 @@ async def test_killed_server_is_unavailable() -> None:
 
 
 async def test_connect_to_nothing_is_unavailable() -> None:
-    from server.inference.triton_local import free_port
-
     with pytest.raises(Unavailable):
         await TritonBackend.connect(f"127.0.0.1:{free_port()}", timeout_s=2.0)
 

@@ -8,10 +8,10 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
-from server.inference import triton_local
 from server.inference.backend import ModelSpec, TensorSpec, parse_config
 from server.inference.triton import map_error, spec_from_config
-from server.inference.triton_local import (
+from tooling import triton_local
+from tooling.triton_local import (
     TritonUnavailableError,
     build_python_repository,
     render_model_py,

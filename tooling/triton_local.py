@@ -1,4 +1,4 @@
-"""A local CPU Triton server (pytriton's bundled binary; Python backend running onnxruntime) for tests."""
+"""A local CPU Triton server (pytriton's bundled binary; Python backend running onnxruntime) for tests and bench."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from server.inference.backend import MODEL_NAMES, NUMPY_TO_TRITON, ModelSpec, TensorSpec, load_spec
+from tooling.serve import free_port
 
 PY_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -174,13 +174,6 @@ def build_python_repository(source: Path, target: Path, *, models: tuple[str, ..
             render_python_config(load_spec(source, name), onnx, max_queue_delay_us=max_queue_delay_us,
                                  intra_op_threads=intra_op_threads))
         (target / name / "1" / "model.py").write_text(model_py)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalTriton:
