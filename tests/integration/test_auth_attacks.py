@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +22,18 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from edgekit import COMPARE, SCANS, Edge, assert_grpc, assert_problem, grpc_error, serve_both
+from harness import COMPARE, SCANS, Harness, assert_grpc, assert_problem, grpc_error
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.auth import ALL_ROLES, LOCAL_ISSUER, ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.served()]
 
 OBAMA1, OBAMA2 = "obama_01_portrait_2012.jpg", "obama_02_congress_2009.jpg"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(start_runtime: Any) -> AsyncIterator[Edge]:
-    runtime = await start_runtime()
-    try:
-        async with serve_both(runtime) as edge:
-            yield edge
-    finally:
-        await runtime.aclose()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def victim(env: Edge, faces_dir: Path) -> dict[str, Any]:
+async def victim(env: Harness, faces_dir: Path) -> dict[str, Any]:
     """One scan of company "acme" that intruders try to reach."""
     resp = await env.http_compare((faces_dir / OBAMA1).read_bytes(), (faces_dir / OBAMA2).read_bytes(),
                                   reference="victim-secret-ref")
@@ -59,7 +49,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _claims(env: Edge, **changes: Any) -> dict[str, Any]:
+def _claims(env: Harness, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {"iss": LOCAL_ISSUER, "aud": env.runtime.settings.auth_audience, "sub": "mallory",
                               "company_id": "acme", "roles": list(ALL_ROLES), "iat": now, "nbf": now,
@@ -82,7 +72,7 @@ def _hs256(secret: bytes, header: dict[str, Any], claims: dict[str, Any]) -> str
     return head + "." + _b64(hmac.new(secret, head.encode(), hashlib.sha256).digest())
 
 
-def _es256_raw(env: Edge, header: dict[str, Any], claims: dict[str, Any]) -> str:
+def _es256_raw(env: Harness, header: dict[str, Any], claims: dict[str, Any]) -> str:
     """Signed by the local issuer's real key, with a header PyJWT itself would refuse to write."""
     assert env.runtime.local_issuer is not None
     head = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
@@ -90,12 +80,12 @@ def _es256_raw(env: Edge, header: dict[str, Any], claims: dict[str, Any]) -> str
     return head + "." + _b64(signer.sign(head.encode(), env.runtime.local_issuer.private_key))
 
 
-def _local_kid(env: Edge) -> str:
+def _local_kid(env: Harness) -> str:
     assert env.runtime.local_issuer is not None
     return env.runtime.local_issuer.kid
 
 
-def _signed_by_local(env: Edge, headers: dict[str, Any] | None = None, **changes: Any) -> str:
+def _signed_by_local(env: Harness, headers: dict[str, Any] | None = None, **changes: Any) -> str:
     """A token the local issuer really signs, with claims changed (``None`` removes one)."""
     issuer = env.runtime.local_issuer
     assert issuer is not None
@@ -107,23 +97,23 @@ ATTACKER_EC = ec.generate_private_key(ec.SECP256R1())
 ATTACKER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _public_pem(env: Edge) -> bytes:
+def _public_pem(env: Harness) -> bytes:
     assert env.runtime.local_issuer is not None
     return env.runtime.local_issuer.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _tampered(env: Edge) -> str:
+def _tampered(env: Harness) -> str:
     head, _, sig = _signed_by_local(env).split(".")
     return f"{head}.{_b64(json.dumps(_claims(env, company_id='globex')).encode())}.{sig}"
 
 
-def _embedded_jwk(env: Edge) -> str:
+def _embedded_jwk(env: Harness) -> str:
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ATTACKER_EC.public_key()))
     return jwt.encode(_claims(env), ATTACKER_EC, algorithm="ES256", headers={"kid": "attacker", "jwk": jwk})
 
 
-Forge = Callable[[Edge], str]
+Forge = Callable[[Harness], str]
 FORGERIES: list[tuple[str, Forge]] = [
     ("alg-none", lambda e: _unsigned({"alg": "none", "typ": "JWT"}, _claims(e))),
     ("alg-none-with-signature", lambda e: _unsigned({"alg": "none"}, _claims(e), b"sig")),
@@ -164,7 +154,7 @@ FORGERIES: list[tuple[str, Forge]] = [
 
 
 @pytest.mark.parametrize("forge", [f[1] for f in FORGERIES], ids=[f[0] for f in FORGERIES])
-async def test_forged_token_is_401_http(env: Edge, victim: dict[str, Any], forge: Forge) -> None:
+async def test_forged_token_is_401_http(env: Harness, victim: dict[str, Any], forge: Forge) -> None:
     token = forge(env)
     headers = {"Authorization": f"Bearer {token}"}
     for resp in (await env.http.get(SCANS, headers=headers),
@@ -177,7 +167,7 @@ async def test_forged_token_is_401_http(env: Edge, victim: dict[str, Any], forge
 
 
 @pytest.mark.parametrize("forge", [f[1] for f in FORGERIES], ids=[f[0] for f in FORGERIES])
-async def test_forged_token_is_unauthenticated_grpc(env: Edge, victim: dict[str, Any], forge: Forge) -> None:
+async def test_forged_token_is_unauthenticated_grpc(env: Harness, victim: dict[str, Any], forge: Forge) -> None:
     token = forge(env)
     metadata = (("authorization", f"Bearer {token}"),)
     for call in (env.stub.ListScans(pb.ListScansRequest(), metadata=metadata),
@@ -199,14 +189,14 @@ MALFORMED: list[str] = [
 
 
 @pytest.mark.parametrize("value", MALFORMED)
-async def test_malformed_authorization_header(env: Edge, value: str) -> None:
+async def test_malformed_authorization_header(env: Harness, value: str) -> None:
     resp = await env.http.get(SCANS, headers={"Authorization": value})
     assert_problem(resp, 401, "unauthorized")
     err = await grpc_error(env.stub.ListScans(pb.ListScansRequest(), metadata=(("authorization", value),)))
     assert_grpc(err, 401, "unauthorized")
 
 
-async def test_missing_or_doubled_credentials(env: Edge) -> None:
+async def test_missing_or_doubled_credentials(env: Harness) -> None:
     assert_problem(await env.http.get(SCANS), 401, "unauthorized")
     resp = await env.http.get(SCANS, headers={"Authorization": "Bearer \u00e9\u00e9.\u00e9.\u00e9".encode()})
     assert_problem(resp, 401, "unauthorized")
@@ -227,7 +217,7 @@ def _without(role: str) -> list[str]:
     return [r for r in ALL_ROLES if r != role]
 
 
-async def test_missing_role_is_403_http(env: Edge, victim: dict[str, Any], faces_dir: Path) -> None:
+async def test_missing_role_is_403_http(env: Harness, victim: dict[str, Any], faces_dir: Path) -> None:
     photo = (faces_dir / OBAMA1).read_bytes()
     url = f"{SCANS}/{victim['id']}"
     cases: list[tuple[str, Any]] = [
@@ -246,7 +236,7 @@ async def test_missing_role_is_403_http(env: Edge, victim: dict[str, Any], faces
     assert (await env.http.get(url, headers=env.headers())).json()["reference"] == "victim-secret-ref"
 
 
-async def test_missing_role_is_permission_denied_grpc(env: Edge, victim: dict[str, Any], faces_dir: Path) -> None:
+async def test_missing_role_is_permission_denied_grpc(env: Harness, victim: dict[str, Any], faces_dir: Path) -> None:
     photo = (faces_dir / OBAMA1).read_bytes()
     sid = victim["id"]
     cases: list[tuple[str, Any]] = [
@@ -268,7 +258,7 @@ INTRUDERS = ["globex", "ACME", "acme ", "acme%", "*", "' OR '1'='1"]
 
 
 @pytest.mark.parametrize("company", INTRUDERS)
-async def test_other_company_never_sees_data_http(env: Edge, victim: dict[str, Any], company: str) -> None:
+async def test_other_company_never_sees_data_http(env: Harness, victim: dict[str, Any], company: str) -> None:
     headers = env.headers(company=company, user="mallory")
     url = f"{SCANS}/{victim['id']}"
     for resp in (await env.http.get(url, headers=headers),
@@ -289,7 +279,7 @@ async def test_other_company_never_sees_data_http(env: Edge, victim: dict[str, A
 
 
 @pytest.mark.parametrize("company", INTRUDERS)
-async def test_other_company_never_sees_data_grpc(env: Edge, victim: dict[str, Any], company: str) -> None:
+async def test_other_company_never_sees_data_grpc(env: Harness, victim: dict[str, Any], company: str) -> None:
     meta = env.metadata(company=company, user="mallory")
     sid = victim["id"]
     for call in (env.stub.GetScan(pb.GetScanRequest(id=sid), metadata=meta),
@@ -328,7 +318,7 @@ def _markers(data: bytes) -> list[str]:
             chunk.decode("latin-1")]
 
 
-async def test_tokens_and_images_never_logged(env: Edge, faces_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_tokens_and_images_never_logged(env: Harness, faces_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     photo1, photo2 = (faces_dir / OBAMA1).read_bytes(), (faces_dir / OBAMA2).read_bytes()
     no_face = (faces_dir / "no_face_rocket.jpg").read_bytes()
     good = env.token()
@@ -360,7 +350,7 @@ async def test_tokens_and_images_never_logged(env: Edge, faces_dir: Path, caplog
             assert marker not in text
 
 
-async def test_unknown_company_claim_path_is_refused(env: Edge) -> None:
+async def test_unknown_company_claim_path_is_refused(env: Harness) -> None:
     # A company claim given by dotted path that does not exist in the token is a missing company (401).
     token = _signed_by_local(env, company_id=None, org={"id": "acme"})
     assert_problem(await env.http.get(SCANS, headers={"Authorization": f"Bearer {token}"}), 401, "unauthorized")

@@ -20,16 +20,16 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
-from edgekit import COMPARE, SCANS, Edge, assert_grpc, assert_problem, grpc_error, serve_both
+from harness import COMPARE, SCANS, Harness, assert_grpc, assert_problem, grpc_error
 from PIL import Image
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 MAX_FILE = 1_500_000
 MAX_REQUEST = 3_500_000
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"),
+              pytest.mark.served(max_file_bytes=MAX_FILE, max_request_bytes=MAX_REQUEST)]
 BOUNDARY = "hostile-boundary"
 
 
@@ -113,25 +113,15 @@ def photos(faces_dir: Path) -> Photos:
 # --------------------------------------------------------------------------- one app, both transports
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(start_runtime: Any) -> AsyncIterator[Edge]:
-    runtime = await start_runtime(max_file_bytes=MAX_FILE, max_request_bytes=MAX_REQUEST)
-    try:
-        async with serve_both(runtime) as edge:
-            yield edge
-    finally:
-        await runtime.aclose()
-
-
-async def http_compare(env: Edge, file1: bytes, file2: bytes, **kw: Any) -> httpx.Response:
+async def http_compare(env: Harness, file1: bytes, file2: bytes, **kw: Any) -> httpx.Response:
     return await env.http_compare(file1, file2, **kw)
 
 
-async def grpc_compare(env: Edge, file1: bytes, file2: bytes, **kw: Any) -> pb.CompareFacesResponse:
+async def grpc_compare(env: Harness, file1: bytes, file2: bytes, **kw: Any) -> pb.CompareFacesResponse:
     return await env.grpc_compare(file1, file2, **kw)
 
 
-async def assert_still_serving(env: Edge, photos: Photos) -> None:
+async def assert_still_serving(env: Harness, photos: Photos) -> None:
     resp = await http_compare(env, photos.jpeg1, photos.jpeg2)
     assert resp.status_code == 200, resp.text
     assert resp.json()["compare_result"] == "Same person"
@@ -167,14 +157,14 @@ def _gif(img: Image.Image) -> bytes:
 
 
 @pytest.mark.parametrize(("make", "status", "code"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
-async def test_bad_file_http(env: Edge, photos: Photos, make: BadFile, status: int, code: str) -> None:
+async def test_bad_file_http(env: Harness, photos: Photos, make: BadFile, status: int, code: str) -> None:
     bad = make(photos)
     for field, pair in (("file1", (bad, photos.jpeg2)), ("file2", (photos.jpeg1, bad))):
         assert_problem(await http_compare(env, *pair), status, code, field)
 
 
 @pytest.mark.parametrize(("make", "status", "code"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
-async def test_bad_file_grpc(env: Edge, photos: Photos, make: BadFile, status: int, code: str) -> None:
+async def test_bad_file_grpc(env: Harness, photos: Photos, make: BadFile, status: int, code: str) -> None:
     bad = make(photos)
     for field, pair in (("file1", (bad, photos.jpeg2)), ("file2", (photos.jpeg1, bad))):
         err = await grpc_error(grpc_compare(env, *pair))
@@ -184,7 +174,7 @@ async def test_bad_file_grpc(env: Edge, photos: Photos, make: BadFile, status: i
             assert_grpc(err, status, code, field)
 
 
-async def test_server_keeps_serving_after_bad_files(env: Edge, photos: Photos) -> None:
+async def test_server_keeps_serving_after_bad_files(env: Harness, photos: Photos) -> None:
     await assert_still_serving(env, photos)
 
 
@@ -227,7 +217,7 @@ def _bmp(img: Image.Image) -> bytes:
 
 
 @pytest.mark.parametrize("make", [c[1] for c in GOOD_FILES], ids=[c[0] for c in GOOD_FILES])
-async def test_unusual_but_valid_images(env: Edge, photos: Photos, make: GoodFile) -> None:
+async def test_unusual_but_valid_images(env: Harness, photos: Photos, make: GoodFile) -> None:
     odd = make(photos)
     resp = await http_compare(env, odd, photos.jpeg2, name1="odd.bin")
     assert resp.status_code == 200, resp.text
@@ -295,7 +285,7 @@ FORM_CASES: list[tuple[str, FormCase, int, str, str | None]] = [
 
 @pytest.mark.parametrize(("make", "status", "code", "field"), [c[1:] for c in FORM_CASES],
                          ids=[c[0] for c in FORM_CASES])
-async def test_bad_form_http(env: Edge, photos: Photos, make: FormCase, status: int, code: str,
+async def test_bad_form_http(env: Harness, photos: Photos, make: FormCase, status: int, code: str,
                              field: str | None) -> None:
     headers = {**env.headers(), "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     resp = await env.http.post(COMPARE, headers=headers, content=multipart(make(photos)))
@@ -310,7 +300,7 @@ async def test_bad_form_http(env: Edge, photos: Photos, make: FormCase, status: 
     (f"multipart/form-data; boundary={BOUNDARY}", b""),
     ("text/plain", b"hello"),
 ], ids=["json", "no-boundary", "no-delimiter", "unterminated-part", "empty", "text"])
-async def test_not_a_form_http(env: Edge, content_type: str, body: bytes) -> None:
+async def test_not_a_form_http(env: Harness, content_type: str, body: bytes) -> None:
     resp = await env.http.post(COMPARE, headers={**env.headers(), "content-type": content_type}, content=body)
     assert resp.status_code == 400, resp.text
     assert resp.headers["content-type"].startswith("application/problem+json")
@@ -324,12 +314,12 @@ async def test_not_a_form_http(env: Edge, content_type: str, body: bytes) -> Non
     ({"reference": "a\x00b"}, "invalid_field", "reference"),
     ({"reference": "\u202e\u0007bell"}, "invalid_field", "reference"),
 ], ids=["unknown-channel", "empty-channel", "empty-reference", "long-reference", "nul", "bell"])
-async def test_bad_fields_grpc(env: Edge, photos: Photos, change: dict[str, str], code: str, field: str) -> None:
+async def test_bad_fields_grpc(env: Harness, photos: Photos, change: dict[str, str], code: str, field: str) -> None:
     err = await grpc_error(grpc_compare(env, photos.jpeg1, photos.jpeg2, **change))
     assert_grpc(err, 400, code, field)
 
 
-async def test_non_utf8_reference_grpc(env: Edge, photos: Photos) -> None:
+async def test_non_utf8_reference_grpc(env: Harness, photos: Photos) -> None:
     """Raw protobuf whose string field holds invalid UTF-8: refused as INVALID_ARGUMENT, not an internal error."""
 
     def field(number: int, value: bytes) -> bytes:
@@ -351,14 +341,14 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-async def test_server_keeps_serving_after_bad_forms(env: Edge, photos: Photos) -> None:
+async def test_server_keeps_serving_after_bad_forms(env: Harness, photos: Photos) -> None:
     await assert_still_serving(env, photos)
 
 
 # --------------------------------------------------------------------------- bodies far over the limit
 
 
-async def test_huge_streamed_body_is_refused_while_streaming(make_api: Any, photos: Photos) -> None:
+async def test_huge_streamed_body_is_refused_while_streaming(serve_target: Any, photos: Photos) -> None:
     """200 MB sent chunked (no Content-Length) to a server with a 300 kB limit: 413 long before the end."""
     total = 200 * 1024 * 1024
     piece = b"\0" * (256 * 1024)
@@ -372,23 +362,23 @@ async def test_huge_streamed_body_is_refused_while_streaming(make_api: Any, phot
             sent += len(piece)
             yield piece
 
-    async with make_api(max_file_bytes=100_000, max_request_bytes=300_000) as api:
-        headers = {**api.auth(), "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
-        resp = await asyncio.wait_for(api.client.post(COMPARE, headers=headers, content=body()), 30)
+    async with serve_target(max_file_bytes=100_000, max_request_bytes=300_000) as api:
+        headers = {**api.headers(), "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+        resp = await asyncio.wait_for(api.http.post(COMPARE, headers=headers, content=body()), 30)
         assert "content-length" not in resp.request.headers
         assert_problem(resp, 413, "payload_too_large")
         assert sent < 2 * 1024 * 1024, sent  # stopped within a few chunks of the limit, not after 200 MB
         # A declared Content-Length over the limit is refused before a byte of the body is read.
         sent = 0
-        resp = await api.client.post(COMPARE, headers={**headers, "content-length": str(total)}, content=body())
+        resp = await api.http.post(COMPARE, headers={**headers, "content-length": str(total)}, content=body())
         assert_problem(resp, 413, "payload_too_large")
         assert sent <= len(piece), sent
-        ok = await api.client.post(COMPARE, headers=api.auth(), data={"channel": "WEB", "reference": "r"},
+        ok = await api.http.post(COMPARE, headers=api.headers(), data={"channel": "WEB", "reference": "r"},
                                    files={"file1": ("a.jpg", photos.jpeg1), "file2": ("b.jpg", photos.jpeg2)})
         assert ok.status_code == 200, ok.text
 
 
-async def test_huge_json_body_on_put_is_refused(env: Edge) -> None:
+async def test_huge_json_body_on_put_is_refused(env: Harness) -> None:
     body = b'{"reference": "' + b"r" * (MAX_REQUEST + 10) + b'"}'
     resp = await env.http.put(f"{SCANS}/{uuid.uuid4()}", headers={**env.headers(), "content-type": "application/json"},
                               content=body)
@@ -400,7 +390,7 @@ async def test_huge_json_body_on_put_is_refused(env: Edge) -> None:
 
 @pytest.mark.parametrize("scan_id", ["not-a-uuid", "42", "0" * 5000, "é-ü-日本", "%00", "' OR 1=1 --",
                                      "12345678-1234-1234-1234-1234567890ag"])
-async def test_non_uuid_ids(env: Edge, scan_id: str) -> None:
+async def test_non_uuid_ids(env: Harness, scan_id: str) -> None:
     url = f"{SCANS}/{scan_id}"
     for method, kw in (("GET", {}), ("PUT", {"json": {"reference": "x"}}), ("DELETE", {})):
         resp = await env.http.request(method, url, headers=env.headers(), **kw)
@@ -411,7 +401,7 @@ async def test_non_uuid_ids(env: Edge, scan_id: str) -> None:
         assert_grpc(await grpc_error(call), 400, "invalid_id")
 
 
-async def test_path_tricks_never_reach_data(env: Edge) -> None:
+async def test_path_tricks_never_reach_data(env: Harness) -> None:
     for path in (f"{SCANS}/../../etc/passwd", f"{SCANS}/a/b", f"{SCANS}/%2e%2e%2f", "/v1/../../health/live/x"):
         resp = await env.http.get(path, headers=env.headers(company="nobody"))
         assert resp.status_code in (400, 404), (path, resp.status_code, resp.text)
@@ -450,7 +440,7 @@ HOSTILE_QUERIES: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("params", "field"), [c[1:] for c in HOSTILE_QUERIES], ids=[c[0] for c in HOSTILE_QUERIES])
-async def test_hostile_query_strings(env: Edge, params: dict[str, Any], field: str) -> None:
+async def test_hostile_query_strings(env: Harness, params: dict[str, Any], field: str) -> None:
     resp = await env.http.get(SCANS, headers=env.headers(), params=params)
     assert_problem(resp, 400, "invalid_field", field)
 
@@ -462,13 +452,13 @@ async def test_hostile_query_strings(env: Edge, params: dict[str, Any], field: s
     ({"reference": "a\x00b"}, "reference"),
 ], ids=["page-negative", "size-billion", "size-negative", "page-int32-max", "sort-injection", "sort-unknown",
         "channel", "created-overflow", "reference-nul"])
-async def test_hostile_list_requests_grpc(env: Edge, fields: dict[str, Any], field: str) -> None:
+async def test_hostile_list_requests_grpc(env: Harness, fields: dict[str, Any], field: str) -> None:
     page_fields = {"size": 200} if "size" not in fields and "page" in fields else {}
     err = await grpc_error(env.stub.ListScans(pb.ListScansRequest(**page_fields, **fields), metadata=env.metadata()))
     assert_grpc(err, 400, "invalid_field", field)
 
 
-async def test_harmless_odd_queries_still_answer(env: Edge) -> None:
+async def test_harmless_odd_queries_still_answer(env: Harness) -> None:
     for params in ({"reference": "'; DROP TABLE scans; --"}, {"reference": "日本語 ✓"}, {"reference": "%_%"},
                    {"reference": "*"}):
         resp = await env.http.get(SCANS, headers=env.headers(), params=params)
@@ -482,7 +472,7 @@ async def test_harmless_odd_queries_still_answer(env: Edge) -> None:
     assert resp.status_code in (200, 400), resp.text
 
 
-async def test_server_keeps_serving_after_hostile_queries(env: Edge, photos: Photos) -> None:
+async def test_server_keeps_serving_after_hostile_queries(env: Harness, photos: Photos) -> None:
     await assert_still_serving(env, photos)
     listed = await env.http.get(SCANS, headers=env.headers(), params={"size": 200})
     assert listed.status_code == 200 and listed.json()["totalElements"] >= 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import sqlite3
 import urllib.error
@@ -19,42 +18,20 @@ import httpx
 import msgspec
 import numpy as np
 import pytest
-from faultkit import PAIR, ProxyBackend, ServeProcess, bearer, wait_until
+from harness import LOCAL_CPU, PAIR, WAIT_S, new_schema, pg_exec, postgres_dsn, serve
 
-from server.app import create_app
 from server.errors import InferenceFailed
 from server.inference.backend import MODEL_NAMES
+from server.inference.factory import PendingBackend
 from server.inference.onnxrt import OnnxRuntimeBackend
-from server.runtime import PendingBackend, Runtime
 from server.settings import PROJECT_ROOT, Settings
 from server.store import SqlScanStore
+from tooling.serve import ServeProcess
+from tooling.triton_local import LocalTriton, TritonUnavailableError
+from tooling.wait import wait_until
 
 REPO = PROJECT_ROOT / "model_repository"
-COMPARE = "/v1/compare_face"
 SECRETS = ("injected", "RuntimeError", "Traceback", "onnx", "/")
-
-
-class Client:
-    """An ASGI client on a runtime, one company, compare in one call."""
-
-    def __init__(self, runtime: Runtime, images: tuple[bytes, bytes]) -> None:
-        self.runtime = runtime
-        self.images = images
-        self.company = f"co-{uuid.uuid4().hex[:8]}"
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime.settings, runtime)),
-                                      base_url="http://facerec.test", timeout=60)
-
-    async def compare(self, reference: str = "r") -> httpx.Response:
-        a, b = self.images
-        return await self.http.post(COMPARE, headers={"Authorization": bearer(self.runtime, self.company)},
-                                    data={"channel": "WEB", "reference": reference},
-                                    files={"file1": ("a.jpg", a), "file2": ("b.jpg", b)})
-
-    async def count(self) -> int:
-        r = await self.http.get("/v1/face-recognition", params={"size": 1},
-                                headers={"Authorization": bearer(self.runtime, self.company)})
-        assert r.status_code == 200, r.text
-        return int(r.json()["totalElements"])
 
 
 def settings_for(tmp: Path, **changes: Any) -> Settings:
@@ -78,31 +55,26 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> None:
 # --------------------------------------------------------------------------- (a) inference errors
 
 
-async def test_failed_batch_fails_only_its_requests(backend: OnnxRuntimeBackend, tmp_path: Path,
-                                                    images: tuple[bytes, bytes]) -> None:
-    proxy = ProxyBackend(backend)
-    runtime = await Runtime.start(settings_for(tmp_path), backend=proxy)
-    client = Client(runtime, images)
-    try:
-        # A's batch is in flight at a closed gate, B waits for the next batch; then A's batch raises.
-        proxy.gate.clear()
-        first = asyncio.ensure_future(client.compare("a"))
-        await wait_until(lambda: proxy.rows["detector"] == 2, what="A's batch at the backend")
-        second = asyncio.ensure_future(client.compare("b"))
-        await wait_until(lambda: runtime.runner.batchers["detector"].queue_depth == 2, what="B queued")
-        proxy.fail_next = 1
-        proxy.gate.set()
-        r_a, r_b = await asyncio.gather(first, second)
+async def test_failed_batch_fails_only_its_requests(serve_local: Any, images: tuple[bytes, bytes]) -> None:
+    async with serve_local() as h:
+        gate = h.gate
+        assert gate is not None
+        # A's batch is in flight at a held gate, B waits for the next batch; then A's batch raises.
+        gate.hold()
+        first = asyncio.ensure_future(h.http_compare(*images, reference="a"))
+        await gate.wait_rows("detector", 2)
+        second = asyncio.ensure_future(h.http_compare(*images, reference="b"))
+        await h.wait_queued("detector", 2)
+        gate.fail_next = 1
+        gate.release()
+        r_a, r_b = await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
         assert_problem(r_a, 500, "inference_failed")
         assert r_b.status_code == 200, r_b.text
-        assert runtime.runner.batchers["detector"].stats.failed_batches == 1
+        assert h.batcher("detector").stats.failed_batches == 1
         # The next requests succeed, the failed one stored nothing.
-        assert (await client.compare("c")).status_code == 200
-        assert await client.count() == 2
-        assert (await runtime.readiness())["batchers"]
-    finally:
-        await client.http.aclose()
-        await runtime.aclose()
+        assert (await h.http_compare(*images, reference="c")).status_code == 200
+        assert await h.count() == 2
+        assert (await h.runtime.readiness())["batchers"]
 
 
 async def test_onnxruntime_rejects_malformed_input_as_typed_error(backend: OnnxRuntimeBackend) -> None:
@@ -127,32 +99,29 @@ def corrupt_repository(tmp: Path) -> Path:
 async def test_model_that_cannot_load_starts_not_ready_and_heals(tmp_path: Path,
                                                                  images: tuple[bytes, bytes]) -> None:
     repo = corrupt_repository(tmp_path)
-    runtime = await Runtime.start(settings_for(tmp_path, model_repository=repo, ort_intra_threads=1))
-    client = Client(runtime, images)
-    try:
-        assert isinstance(runtime.backend, PendingBackend)
-        live = await client.http.get("/health/live")
+    # No backend given: the runtime starts the configured one itself, as `facerec serve` does.
+    async with serve(settings_for(tmp_path, model_repository=repo, ort_intra_threads=1)) as h:
+        pending = h.runtime.backend
+        assert isinstance(pending, PendingBackend)
+        live = await h.http.get("/health/live")
         assert live.status_code == 200
-        ready = await client.http.get("/health/ready")
+        ready = await h.http.get("/health/ready")
         assert ready.status_code == 503
         body = ready.json()
         assert body["components"]["models"] is False and body["components"]["store"] is True
         assert "detector" in body["reasons"]["models"] and "cannot be loaded" in body["reasons"]["models"]
         assert str(repo) not in ready.text  # paths stay in the log
-        assert_problem(await client.compare(), 503, "unavailable")
+        assert_problem(await h.http_compare(*images), 503, "unavailable")
         # The operator puts a good file back: the next readiness check (after the retry interval) loads it.
         shutil.copy2(REPO / "detector" / "1" / "model.onnx", repo / "detector" / "1" / "model.onnx")
-        runtime.backend._retry_s = 0.0  # type: ignore[attr-defined]
-        assert (await client.http.get("/health/ready")).status_code == 200
-        assert (await client.compare()).status_code == 200
-    finally:
-        await client.http.aclose()
-        await runtime.aclose()
+        pending.retry_s = 0.0
+        assert (await h.http.get("/health/ready")).status_code == 200
+        assert (await h.http_compare(*images)).status_code == 200
 
 
 async def test_serve_with_unloadable_model_reports_why(tmp_path: Path) -> None:
     repo = corrupt_repository(tmp_path)
-    server = ServeProcess(tmp_path / "data", FACEREC_MODEL_REPOSITORY=str(repo)).start()
+    server = ServeProcess(tmp_path / "data", env={**LOCAL_CPU, "FACEREC_MODEL_REPOSITORY": str(repo)}).start()
     try:
         with pytest.raises(urllib.error.HTTPError) as err:
             await asyncio.to_thread(urllib.request.urlopen, f"{server.url}/health/ready", timeout=10)
@@ -170,47 +139,19 @@ async def test_serve_with_unloadable_model_reports_why(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- (c) the database goes away
 
 
-async def test_sqlite_locked_gives_503_then_recovers(backend: OnnxRuntimeBackend, tmp_path: Path,
-                                                     images: tuple[bytes, bytes]) -> None:
-    settings = settings_for(tmp_path)
-    runtime = await Runtime.start(settings, backend=ProxyBackend(backend))
-    client = Client(runtime, images)
-    try:
-        assert (await client.compare("before")).status_code == 200
+async def test_sqlite_locked_gives_503_then_recovers(serve_local: Any, images: tuple[bytes, bytes]) -> None:
+    async with serve_local() as h:
+        assert (await h.http_compare(*images, reference="before")).status_code == 200
         # Another process holds the write lock past the store's 5 s busy timeout.
-        locker = sqlite3.connect(settings.sqlite_path, isolation_level=None, check_same_thread=False)
+        locker = sqlite3.connect(h.runtime.settings.sqlite_path, isolation_level=None, check_same_thread=False)
         try:
             locker.execute("BEGIN EXCLUSIVE")
-            assert_problem(await client.compare("locked"), 503, "unavailable")
+            assert_problem(await h.http_compare(*images, reference="locked"), 503, "unavailable")
         finally:
             locker.execute("ROLLBACK")
             locker.close()
-        assert (await client.compare("after")).status_code == 200
-        assert await client.count() == 2  # the refused compare left no row
-    finally:
-        await client.http.aclose()
-        await runtime.aclose()
-
-
-def _pg_dsn() -> str:
-    import asyncpg
-
-    override = os.environ.get("FACEREC_TEST_PG_URL")
-    candidates = [override] if override else [f"postgresql://{u}@127.0.0.1:5432/test" for u in ("postgres", "root")]
-
-    async def probe(dsn: str) -> None:
-        conn = await asyncpg.connect(dsn, timeout=3)
-        await conn.close()
-
-    reasons = []
-    for dsn in candidates:
-        try:
-            asyncio.run(probe(dsn))
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            reasons.append(repr(exc))
-            continue
-        return dsn
-    pytest.skip(f"PostgreSQL unreachable: {'; '.join(reasons)}")
+        assert (await h.http_compare(*images, reference="after")).status_code == 200
+        assert await h.count() == 2  # the refused compare left no row
 
 
 class TcpProxy:
@@ -257,17 +198,13 @@ class TcpProxy:
 
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[tuple[str, str]]:
-    import asyncpg
-
-    dsn = await asyncio.to_thread(_pg_dsn)
-    schema = f"faults_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(dsn, timeout=5)
+    dsn = postgres_dsn()
+    schema = new_schema("faults")
+    await pg_exec(dsn, f'CREATE SCHEMA "{schema}"')
     try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
         yield dsn, schema
     finally:
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+        await pg_exec(dsn, f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.mark.postgres
@@ -283,40 +220,36 @@ async def test_postgres_connections_killed_and_server_unreachable(
     user = dsn.split("://", 1)[1].split("@", 1)[0]
     url = f"postgresql+asyncpg://{user}@127.0.0.1:{proxy.port}/test"
     store = SqlScanStore(url, connect_args={"server_settings": {"search_path": schema, "application_name": app_name}})
-    runtime = await Runtime.start(settings_for(tmp_path, database_url=url), backend=ProxyBackend(backend),
-                                  store=store)
-    client = Client(runtime, images)
     admin = await asyncpg.connect(dsn, timeout=5)
 
     async def rows() -> int:
         return int(await admin.fetchval(f'SELECT count(*) FROM "{schema}".scans'))
 
     try:
-        assert (await client.compare("before")).status_code == 200
-        # 1. PostgreSQL kills the app's connections (a restart, an admin): the pool replaces them unseen.
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = 'test' AND application_name = $1 AND pid <> pg_backend_pid()", app_name)
-        assert killed >= 1
-        assert (await client.compare("after-kill")).status_code == 200
-        # 2. The database becomes unreachable: 503 (never a hang or a 500), readiness false, health served.
-        await proxy.down()
-        assert_problem(await client.compare("down"), 503, "unavailable")
-        r = await client.http.get("/v1/face-recognition", headers={"Authorization": bearer(runtime, client.company)})
-        assert_problem(r, 503, "unavailable")
-        ready = await client.http.get("/health/ready")
-        assert ready.status_code == 503 and ready.json()["components"]["store"] is False
-        assert (await client.http.get("/health/live")).status_code == 200
-        # 3. It comes back on the same address: the next requests succeed without a restart.
-        await proxy.up()
-        assert (await client.http.get("/health/ready")).status_code == 200
-        assert (await client.compare("back")).status_code == 200
-        assert await rows() == 3  # before, after-kill, back: the refused compare wrote nothing
-        assert await client.count() == 3
+        async with serve(settings_for(tmp_path, database_url=url), backend=backend, store=store,
+                         company="faultco") as h:
+            assert (await h.http_compare(*images, reference="before")).status_code == 200
+            # 1. PostgreSQL kills the app's connections (a restart, an admin): the pool replaces them unseen.
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = 'test' AND application_name = $1 AND pid <> pg_backend_pid()", app_name)
+            assert killed >= 1
+            assert (await h.http_compare(*images, reference="after-kill")).status_code == 200
+            # 2. The database becomes unreachable: 503 (never a hang or a 500), readiness false, health served.
+            await proxy.down()
+            assert_problem(await h.http_compare(*images, reference="down"), 503, "unavailable")
+            assert_problem(await h.http.get("/v1/face-recognition", headers=h.headers()), 503, "unavailable")
+            ready = await h.http.get("/health/ready")
+            assert ready.status_code == 503 and ready.json()["components"]["store"] is False
+            assert (await h.http.get("/health/live")).status_code == 200
+            # 3. It comes back on the same address: the next requests succeed without a restart.
+            await proxy.up()
+            assert (await h.http.get("/health/ready")).status_code == 200
+            assert (await h.http_compare(*images, reference="back")).status_code == 200
+            assert await rows() == 3  # before, after-kill, back: the refused compare wrote nothing
+            assert await h.count() == 3
     finally:
         await admin.close()
-        await client.http.aclose()
-        await runtime.aclose()
         await proxy.down()
 
 
@@ -325,8 +258,6 @@ async def test_postgres_connections_killed_and_server_unreachable(
 
 @pytest.mark.triton
 async def test_triton_killed_then_restarted(tmp_path: Path, images: tuple[bytes, bytes]) -> None:
-    from server.inference.triton_local import LocalTriton, TritonUnavailableError
-
     if any(not (REPO / m / "1" / "model.onnx").is_file() for m in MODEL_NAMES):
         pytest.skip("model repository incomplete: run `make models`")
     triton = LocalTriton(REPO, intra_op_threads=1)
@@ -334,30 +265,24 @@ async def test_triton_killed_then_restarted(tmp_path: Path, images: tuple[bytes,
         await asyncio.to_thread(triton.start)
     except TritonUnavailableError as exc:
         pytest.skip(f"local tritonserver unavailable: {exc}")
-    runtime = await Runtime.start(settings_for(tmp_path, backend="triton", triton_url=triton.grpc_url,
-                                               max_wait_ms=0.0))
-    client = Client(runtime, images)
     try:
-        assert (await client.compare("before")).status_code == 200
-        await asyncio.to_thread(triton.kill)
-        ready = await client.http.get("/health/ready")
-        assert ready.status_code == 503 and ready.json()["components"]["models"] is False
-        assert_problem(await client.compare("down"), 503, "unavailable")
-        assert (await client.http.get("/health/live")).status_code == 200
-        # A new Triton on the same address: the client reconnects, readiness and compares recover.
-        await asyncio.to_thread(triton.start, keep_ports=True)
+        settings = settings_for(tmp_path, backend="triton", triton_url=triton.grpc_url, max_wait_ms=0.0)
+        async with serve(settings) as h:
+            assert (await h.http_compare(*images, reference="before")).status_code == 200
+            await asyncio.to_thread(triton.kill)
+            ready = await h.http.get("/health/ready")
+            assert ready.status_code == 503 and ready.json()["components"]["models"] is False
+            assert_problem(await h.http_compare(*images, reference="down"), 503, "unavailable")
+            assert (await h.http.get("/health/live")).status_code == 200
+            # A new Triton on the same address: the client reconnects, readiness and compares recover.
+            await asyncio.to_thread(triton.start, keep_ports=True)
 
-        async def ready_again() -> bool:
-            return bool((await runtime.readiness())["models"])
+            async def models_ready() -> bool:
+                return bool((await h.runtime.readiness())["models"])
 
-        for _ in range(150):
-            if await ready_again():
-                break
-            await asyncio.sleep(0.2)
-        assert await ready_again(), "readiness did not recover after Triton came back"
-        assert (await client.compare("back")).status_code == 200
-        assert await client.count() == 2
+            await wait_until(models_ready, within_s=WAIT_S, interval_s=0.2,
+                             what="readiness to recover after Triton came back")
+            assert (await h.http_compare(*images, reference="back")).status_code == 200
+            assert await h.count() == 2
     finally:
-        await client.http.aclose()
-        await runtime.aclose()
         await asyncio.to_thread(triton.stop)

@@ -1,17 +1,13 @@
 """Schemathesis against the served OpenAPI document: zero server errors, zero schema violations.
 
-The real app (its lifespan loads the real models and opens a SQLite store) runs under uvicorn on a loopback port in
-a thread of its own; schemathesis reads ``/schema/openapi.json`` from it and sends bounded, generated requests with
+The real server (`facerec serve`: its lifespan loads the real models and opens a SQLite store) runs on a loopback
+port; schemathesis reads ``/schema/openapi.json`` from it and sends bounded, generated requests with
 a valid bearer token. Stateful runs follow the schema's links (compare -> get / update / delete); their compare
 steps carry two real photos so that the links have a scan to follow.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +17,7 @@ import hypothesis
 import hypothesis.errors
 import pytest
 import schemathesis
-import uvicorn
+from harness import LOCAL_CPU
 from hypothesis import HealthCheck, Phase, given
 from PIL import Image
 from schemathesis.checks import not_a_server_error
@@ -31,9 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app import create_app
-from server.auth import ALL_ROLES
-from server.settings import PROJECT_ROOT, Settings
+from tooling.serve import ServeProcess
 
 MAX_EXAMPLES = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -55,12 +49,6 @@ class Served:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _small_jpeg(path: Path) -> bytes:
     import io
 
@@ -74,29 +62,17 @@ def _small_jpeg(path: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Served]:
-    """The app under uvicorn (lifespan on: models, store and retention owned by the app) in a thread."""
-    port = _free_port()
-    settings = Settings(data_dir=tmp_path_factory.mktemp("fuzz"), model_repository=PROJECT_ROOT / "model_repository",
-                        device="cpu", ort_intra_threads=1, grpc_port=0, port=port, max_file_bytes=1_000_000,
-                        max_request_bytes=2_500_000, retention_days=30)
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, server_header=False, log_config=None,
-                                           access_log=False, lifespan="on"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="fuzz-uvicorn", daemon=True)
-    thread.start()
+    """`facerec serve` (models, store and retention owned by the app's lifespan) on a loopback port."""
+    env = {**LOCAL_CPU, "FACEREC_ORT_INTRA_THREADS": "1", "FACEREC_MAX_FILE_BYTES": "1000000",
+           "FACEREC_MAX_REQUEST_BYTES": "2500000", "FACEREC_RETENTION_DAYS": "30"}
+    server = ServeProcess(tmp_path_factory.mktemp("fuzz") / "data", env=env, grpc=False,
+                          ready_path="/health/ready").start()
     try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        issuer = app.state.runtime.local_issuer
-        token = issuer.mint("fuzz-co", "fuzzer", ALL_ROLES, 3600, settings.auth_audience)
         photos = (_small_jpeg(faces_dir / "obama_01_portrait_2012.jpg"),
                   _small_jpeg(faces_dir / "obama_02_congress_2009.jpg"))
-        yield Served(f"http://127.0.0.1:{port}", token, photos)
+        yield Served(server.url, server.token("fuzz-co", "fuzzer"), photos)
     finally:
-        server.should_exit = True
-        thread.join(30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

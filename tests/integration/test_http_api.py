@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from harness import WAIT_S, assert_problem, socket_server
 
 from server.app import create_app
 from server.auth import LOCAL_ISSUER, ROLE_COMPARE, ROLE_READ
@@ -37,7 +36,7 @@ def form(file1: bytes, file2: bytes, channel: str = "WEB", reference: str = "000
 
 
 async def compare(api: Any, image_bytes: Any, a: str, b: str, *, path: str = COMPARE, **kw: Any) -> httpx.Response:
-    return await api.client.post(path, headers=api.auth(), **form(image_bytes(a), image_bytes(b), **kw))
+    return await api.http.post(path, headers=api.headers(), **form(image_bytes(a), image_bytes(b), **kw))
 
 
 BOUNDARY = "facerec-test-boundary"
@@ -53,18 +52,6 @@ async def chunked(files: list[bytes]) -> Any:
             yield data[k:k + 16_384]
         yield b"\r\n"
     yield f"--{BOUNDARY}--\r\n".encode()
-
-
-def assert_problem(resp: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = resp.json()
-    assert body["status"] == status and body["code"] == code, body
-    assert body["type"].endswith(code) and body["title"]
-    assert body["request_id"] == resp.headers["x-request-id"]
-    if field is not None:
-        assert body.get("field") == field, body
-    return body
 
 
 # --------------------------------------------------------------------------- compare
@@ -103,7 +90,7 @@ async def test_no_face_names_the_file(api: Any, image_bytes: Any) -> None:
 
 
 async def test_text_file_is_unsupported(api: Any, image_bytes: Any) -> None:
-    resp = await api.client.post(COMPARE, headers=api.auth(),
+    resp = await api.http.post(COMPARE, headers=api.headers(),
                                  data={"channel": "WEB", "reference": "x"},
                                  files={"file1": ("a.jpg", b"hello, I am text", "image/jpeg"),
                                         "file2": ("b.jpg", image_bytes(OBAMA2), "text/plain")})
@@ -115,27 +102,27 @@ async def test_missing_field(api: Any, image_bytes: Any, missing: str) -> None:
     f = form(image_bytes(OBAMA1), image_bytes(OBAMA2))
     f["data"].pop(missing, None)
     f["files"].pop(missing, None)
-    assert_problem(await api.client.post(COMPARE, headers=api.auth(), **f), 400, "missing_field", missing)
+    assert_problem(await api.http.post(COMPARE, headers=api.headers(), **f), 400, "missing_field", missing)
 
 
 async def test_unknown_channel_duplicate_field_and_not_multipart(api: Any, image_bytes: Any) -> None:
     assert_problem(await compare(api, image_bytes, OBAMA1, OBAMA2, channel="FAX"), 400, "invalid_field", "channel")
-    dup = await api.client.post(COMPARE, headers=api.auth(),
+    dup = await api.http.post(COMPARE, headers=api.headers(),
                                 data={"channel": ["WEB", "WEB"], "reference": "r"},
                                 files={"file1": ("a", image_bytes(OBAMA1)), "file2": ("b", image_bytes(OBAMA2))})
     assert_problem(dup, 400, "bad_request", "channel")
-    assert_problem(await api.client.post(COMPARE, headers=api.auth(), json={"channel": "WEB"}), 400, "bad_request")
+    assert_problem(await api.http.post(COMPARE, headers=api.headers(), json={"channel": "WEB"}), 400, "bad_request")
 
 
-async def test_size_limits(make_api: Any, image_bytes: Any) -> None:
-    async with make_api(max_file_bytes=100_000, max_request_bytes=300_000) as api:
+async def test_size_limits(serve_target: Any, image_bytes: Any) -> None:
+    async with serve_target(max_file_bytes=100_000, max_request_bytes=300_000) as api:
         # obama_01 is ~150 kB: over the per-file limit, while the request as a whole is not.
         assert_problem(await compare(api, image_bytes, OBAMA2, OBAMA1), 413, "payload_too_large", "file2")
-        big = await api.client.post(COMPARE, headers=api.auth(), **form(b"x" * 400_000, b"y"))
+        big = await api.http.post(COMPARE, headers=api.headers(), **form(b"x" * 400_000, b"y"))
         assert_problem(big, 413, "payload_too_large")
         # Without a Content-Length (chunked upload) the limits still hold while the body streams in.
         for parts, field in (([b"x" * 120_000], "file1"), ([b"x" * 90_000] * 4, None)):
-            resp = await api.client.post(COMPARE, headers={**api.auth(), "content-type": f"multipart/form-data; "
+            resp = await api.http.post(COMPARE, headers={**api.headers(), "content-type": f"multipart/form-data; "
                                                            f"boundary={BOUNDARY}"}, content=chunked(parts))
             assert "content-length" not in resp.request.headers
             assert_problem(resp, 413, "payload_too_large", field)
@@ -146,7 +133,7 @@ async def test_size_limits(make_api: Any, image_bytes: Any) -> None:
 
 async def test_get_returns_what_post_stored(api: Any, image_bytes: Any) -> None:
     created = (await compare(api, image_bytes, OBAMA1, OBAMA2, reference="contract-7")).json()
-    resp = await api.client.get(f"{SCANS}/{created['id']}", headers=api.auth())
+    resp = await api.http.get(f"{SCANS}/{created['id']}", headers=api.headers())
     assert resp.status_code == 200, resp.text
     got = resp.json()
     assert got["id"] == created["id"] and got["companyId"] == api.company and got["createdById"] == "alice"
@@ -165,7 +152,7 @@ async def test_put_changes_only_mutable_fields(api: Any, image_bytes: Any) -> No
     body = {"compareResult": "Different person", "compareSimilarity": 0.12, "salesChannel": "OTHER",
             "reference": "ref-2", "id": str(uuid.uuid4()), "companyId": "evil", "createdDate": "2000-01-01T00:00:00",
             "createdById": "mallory"}
-    resp = await api.client.put(url, headers=api.auth(user="bob"), json=body)
+    resp = await api.http.put(url, headers=api.headers(user="bob"), json=body)
     assert resp.status_code == 200, resp.text
     got = resp.json()
     assert (got["compareResult"], got["compareSimilarity"], got["salesChannel"], got["reference"]) == (
@@ -173,26 +160,26 @@ async def test_put_changes_only_mutable_fields(api: Any, image_bytes: Any) -> No
     assert got["id"] == created["id"] and got["companyId"] == api.company
     assert got["createdDate"] == created["created"] and got["createdById"] == "alice"
     assert got["updatedById"] == "bob" and CREATED_RE.fullmatch(got["updatedDate"])
-    assert (await api.client.get(url, headers=api.auth())).json() == got
+    assert (await api.http.get(url, headers=api.headers())).json() == got
     # A partial body leaves the other fields alone.
-    again = (await api.client.put(url, headers=api.auth(), json={"reference": "ref-3"})).json()
+    again = (await api.http.put(url, headers=api.headers(), json={"reference": "ref-3"})).json()
     assert again["reference"] == "ref-3" and again["compareResult"] == "Different person"
-    malformed = await api.client.put(url, headers={**api.auth(), "content-type": "application/json"},
+    malformed = await api.http.put(url, headers={**api.headers(), "content-type": "application/json"},
                                      content=b"{not json")
     assert_problem(malformed, 400, "bad_request")
-    assert_problem(await api.client.put(url, headers=api.auth(), json={"compareSimilarity": 3}), 400,
+    assert_problem(await api.http.put(url, headers=api.headers(), json={"compareSimilarity": 3}), 400,
                    "invalid_field")
-    assert_problem(await api.client.put(url, headers=api.auth(), json={"salesChannel": "FAX"}), 400,
+    assert_problem(await api.http.put(url, headers=api.headers(), json={"salesChannel": "FAX"}), 400,
                    "invalid_field")
 
 
 async def test_delete(api: Any, image_bytes: Any) -> None:
     created = (await compare(api, image_bytes, OBAMA1, OBAMA2)).json()
     url = f"{SCANS}/{created['id']}"
-    assert_problem(await api.client.delete(url, headers=api.auth([ROLE_READ])), 403, "forbidden")
-    resp = await api.client.delete(url, headers=api.auth())
+    assert_problem(await api.http.delete(url, headers=api.headers(roles=[ROLE_READ])), 403, "forbidden")
+    resp = await api.http.delete(url, headers=api.headers())
     assert resp.status_code == 204
-    assert_problem(await api.client.get(url, headers=api.auth()), 404, "not_found")
+    assert_problem(await api.http.get(url, headers=api.headers()), 404, "not_found")
 
 
 async def _seed_scans(api: Any, image_bytes: Any) -> list[Scan]:
@@ -216,7 +203,7 @@ async def test_list_paginates_filters_and_sorts(api: Any, image_bytes: Any) -> N
     await _seed_scans(api, image_bytes)
 
     async def page(**params: Any) -> dict[str, Any]:
-        resp = await api.client.get(SCANS, headers=api.auth(), params=params)
+        resp = await api.http.get(SCANS, headers=api.headers(), params=params)
         assert resp.status_code == 200, resp.text
         return resp.json()  # type: ignore[no-any-return]
 
@@ -240,7 +227,7 @@ async def test_list_paginates_filters_and_sorts(api: Any, image_bytes: Any) -> N
     assert [e["reference"] for e in ranged["content"]] == ["r1", "r2"]
     assert (await page(reference=""))["totalElements"] == 5  # an empty filter is no filter
     # Another company sees none of them.
-    other = await api.client.get(SCANS, headers=api.auth(company="someone-else"))
+    other = await api.http.get(SCANS, headers=api.headers(company="someone-else"))
     assert other.json()["totalElements"] == 0 and other.json()["content"] == []
 
 
@@ -251,7 +238,7 @@ async def test_list_paginates_filters_and_sorts(api: Any, image_bytes: Any) -> N
     ({"compareResult": "maybe"}, "compareResult"),
 ])
 async def test_list_rejects_bad_parameters(api: Any, params: dict[str, Any], field: str) -> None:
-    assert_problem(await api.client.get(SCANS, headers=api.auth(), params=params), 400, "invalid_field", field)
+    assert_problem(await api.http.get(SCANS, headers=api.headers(), params=params), 400, "invalid_field", field)
 
 
 # --------------------------------------------------------------------------- auth and tenancy
@@ -259,69 +246,69 @@ async def test_list_rejects_bad_parameters(api: Any, params: dict[str, Any], fie
 
 async def test_unauthenticated_requests_get_401_with_challenge(api: Any, image_bytes: Any) -> None:
     for headers in ({}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic dXNlcjpwdw=="}):
-        resp = await api.client.post(COMPARE, headers=headers, **form(image_bytes(OBAMA1), image_bytes(OBAMA2)))
+        resp = await api.http.post(COMPARE, headers=headers, **form(image_bytes(OBAMA1), image_bytes(OBAMA2)))
         assert_problem(resp, 401, "unauthorized")
         assert resp.headers["www-authenticate"].startswith("Bearer")
     # A well-formed token for another audience is refused too.
     assert api.runtime.local_issuer is not None
     foreign = api.runtime.local_issuer.mint(api.company, "eve", [ROLE_READ], 600, "someone-else", LOCAL_ISSUER)
-    resp = await api.client.get(SCANS, headers={"Authorization": f"Bearer {foreign}"})
+    resp = await api.http.get(SCANS, headers={"Authorization": f"Bearer {foreign}"})
     assert_problem(resp, 401, "unauthorized")
     assert 'error="invalid_token"' in resp.headers["www-authenticate"]
 
 
 async def test_missing_role_is_403(api: Any, image_bytes: Any) -> None:
     both = form(image_bytes(OBAMA1), image_bytes(OBAMA2))
-    resp = await api.client.post(COMPARE, headers=api.auth([ROLE_READ]), **both)
+    resp = await api.http.post(COMPARE, headers=api.headers(roles=[ROLE_READ]), **both)
     assert_problem(resp, 403, "forbidden")
-    assert_problem(await api.client.get(SCANS, headers=api.auth([ROLE_COMPARE])), 403, "forbidden")
+    assert_problem(await api.http.get(SCANS, headers=api.headers(roles=[ROLE_COMPARE])), 403, "forbidden")
 
 
 async def test_other_company_cannot_reach_a_scan(api: Any, image_bytes: Any) -> None:
     created = (await compare(api, image_bytes, OBAMA1, OBAMA2)).json()
     url = f"{SCANS}/{created['id']}"
-    intruder = api.auth(company="intruder-co")
-    assert_problem(await api.client.get(url, headers=intruder), 404, "not_found")
-    assert_problem(await api.client.put(url, headers=intruder, json={"reference": "x"}), 404, "not_found")
-    assert_problem(await api.client.get(f"{SCANS}/{uuid.uuid4()}", headers=api.auth()), 404, "not_found")
-    assert (await api.client.get(url, headers=api.auth())).json()["reference"] == "0002"  # untouched
+    intruder = api.headers(company="intruder-co")
+    assert_problem(await api.http.get(url, headers=intruder), 404, "not_found")
+    assert_problem(await api.http.put(url, headers=intruder, json={"reference": "x"}), 404, "not_found")
+    assert_problem(await api.http.get(f"{SCANS}/{uuid.uuid4()}", headers=api.headers()), 404, "not_found")
+    assert (await api.http.get(url, headers=api.headers())).json()["reference"] == "0002"  # untouched
 
 
 async def test_non_uuid_id_is_400(api: Any) -> None:
-    assert_problem(await api.client.get(f"{SCANS}/not-a-uuid", headers=api.auth()), 400, "invalid_id")
-    assert_problem(await api.client.put(f"{SCANS}/123", headers=api.auth(), json={}), 400, "invalid_id")
+    assert_problem(await api.http.get(f"{SCANS}/not-a-uuid", headers=api.headers()), 400, "invalid_id")
+    assert_problem(await api.http.put(f"{SCANS}/123", headers=api.headers(), json={}), 400, "invalid_id")
 
 
 # --------------------------------------------------------------------------- plumbing
 
 
 async def test_unknown_route_and_method_are_problems(api: Any) -> None:
-    assert_problem(await api.client.get("/nope"), 404, "not_found")
-    assert_problem(await api.client.get(COMPARE, headers=api.auth()), 405, "method_not_allowed")
+    assert_problem(await api.http.get("/nope"), 404, "not_found")
+    assert_problem(await api.http.get(COMPARE, headers=api.headers()), 405, "method_not_allowed")
 
 
 async def test_request_id_is_echoed_or_generated(api: Any) -> None:
-    resp = await api.client.get("/health/live", headers={"X-Request-ID": "abc-123.X_y"})
+    resp = await api.http.get("/health/live", headers={"X-Request-ID": "abc-123.X_y"})
     assert resp.headers["x-request-id"] == "abc-123.X_y"
-    resp = await api.client.get("/health/live", headers={"X-Request-ID": "bad id\twith<stuff>"})
+    resp = await api.http.get("/health/live", headers={"X-Request-ID": "bad id\twith<stuff>"})
     assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-request-id"])
-    resp = await api.client.get(f"{SCANS}/x", headers={"X-Request-ID": "r" * 129})
+    resp = await api.http.get(f"{SCANS}/x", headers={"X-Request-ID": "r" * 129})
     assert resp.headers["x-request-id"] != "r" * 129 and resp.json()["request_id"] == resp.headers["x-request-id"]
 
 
 async def test_health_metrics_and_openapi(api: Any, image_bytes: Any) -> None:
-    live = await api.client.get("/health/live")
+    live = await api.http.get("/health/live")
     assert live.status_code == 200 and live.json() == {"status": "ok"}
-    ready = await api.client.get("/health/ready")
+    ready = await api.http.get("/health/ready")
     assert ready.status_code == 200, ready.text
     assert ready.json()["components"] == {"models": True, "store": True, "batchers": True}
     await compare(api, image_bytes, OBAMA1, OBAMA2)
-    metrics = await api.client.get("/metrics")
+    metrics = await api.http.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert "facerec_batch_size" in metrics.text
     assert 'facerec_http_request_duration_seconds_count{method="POST",route="/face-recognition-sdk/v1/compare_face"' \
         in metrics.text
-    schema = (await api.client.get("/schema/openapi.json")).json()
+    schema = (await api.http.get("/schema/openapi.json")).json()
     assert {COMPARE, "/v1/compare_face", SCANS, SCANS + "/{scan_id}", "/health/ready"} <= schema["paths"].keys()
     post = schema["paths"][COMPARE]["post"]
     assert "multipart/form-data" in post["requestBody"]["content"]
@@ -334,10 +321,10 @@ async def test_readiness_fails_when_the_store_does_not_answer(api: Any, monkeypa
         raise Unavailable("database unreachable")
 
     monkeypatch.setattr(api.runtime.store, "ping", no_answer)
-    resp = await api.client.get("/health/ready")
+    resp = await api.http.get("/health/ready")
     assert resp.status_code == 503
     assert resp.json()["components"] == {"models": True, "store": False, "batchers": True}
-    assert (await api.client.get("/health/live")).status_code == 200
+    assert (await api.http.get("/health/live")).status_code == 200
 
 
 async def test_concurrent_compares_are_batched(api: Any, image_bytes: Any) -> None:
@@ -355,37 +342,19 @@ async def test_concurrent_compares_are_batched(api: Any, image_bytes: Any) -> No
 # --------------------------------------------------------------------------- a real socket
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_real_socket_with_lifespan_owned_runtime(tmp_path: Any, image_bytes: Any) -> None:
     """uvicorn on a TCP port, the app starting and closing its own runtime (models loaded by the lifespan)."""
-    port = _free_port()
     settings = Settings(data_dir=tmp_path, model_repository=PROJECT_ROOT / "model_repository", device="cpu",
-                        ort_intra_threads=2, grpc_port=0, port=port)
+                        ort_intra_threads=2, grpc_port=0)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, server_header=False, log_config=None,
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(600):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "uvicorn did not start"
+    async with socket_server(app, lifespan="on") as port:
         runtime = app.state.runtime
         assert runtime.local_issuer is not None
         token = runtime.local_issuer.mint("co-socket", "alice", [ROLE_COMPARE], 600, settings.auth_audience)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S) as client:
             resp = await client.post("/v1/compare_face", headers={"Authorization": f"Bearer {token}"},
                                      **form(image_bytes(OBAMA1), image_bytes(OBAMA2)))
             assert resp.status_code == 200, resp.text
             assert resp.json()["compare_result"] == "Same person"
             assert "server" not in resp.headers and "date" in resp.headers
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
     assert runtime._closed  # the lifespan closed what it started

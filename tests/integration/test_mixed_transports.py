@@ -1,4 +1,8 @@
-"""HTTP and gRPC requests served by one process share the same batches (the batcher is transport-agnostic)."""
+"""HTTP and gRPC requests served by one process share the same batches (the batcher is transport-agnostic).
+
+Deterministic: the backend is held while requests of both transports queue behind the batches in flight, then
+released; the next batch takes everything queued, so it holds rows of both. No timing window is involved.
+"""
 
 from __future__ import annotations
 
@@ -6,58 +10,42 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-import httpx
+from harness import PAIR, WAIT_S
 
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-from server.api.grpc.server import start_grpc_server
-from server.app import create_app
-from server.auth import ALL_ROLES, LOCAL_ISSUER
-from server.service import ScanService
-
-CONCURRENT_PER_TRANSPORT = 8
+PER_TRANSPORT = 3
 
 
-async def test_http_and_grpc_requests_share_batches(start_runtime: Any, image_bytes: Callable[[str], bytes]) -> None:
-    # A generous wait window makes mixing deterministic enough on a loaded 2-core machine.
-    runtime = await start_runtime(max_wait_ms=60.0)
-    server = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    issuer = runtime.local_issuer
-    assert issuer is not None
-    token = issuer.mint("mixco", "alice", ALL_ROLES, 600, runtime.settings.auth_audience, LOCAL_ISSUER)
-    a, b = image_bytes("obama_01_portrait_2012.jpg"), image_bytes("obama_02_congress_2009.jpg")
-    try:
-        stub = pb_grpc.FaceRecognitionStub(channel)
-        transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime))
-        async with httpx.AsyncClient(transport=transport, base_url="http://facerec.test", timeout=120) as client:
+async def test_http_and_grpc_requests_share_batches(serve_target: Any, image_bytes: Callable[[str], bytes]) -> None:
+    a, b = image_bytes(PAIR[0]), image_bytes(PAIR[1])
+    async with serve_target(with_grpc=True, company="mixco") as h:
+        gate = h.gate
+        assert gate is not None
+        detector = h.batcher("detector")
+        gate.hold()
+        # First requests' batches go in flight and are held, one per batch slot (1 on onnxruntime, 4 with Triton);
+        # everything after them queues behind.
+        firsts = []
+        for k in range(detector.max_concurrent_batches):
+            firsts.append(asyncio.ensure_future(h.http_compare(a, b, reference=f"first-{k}")))
+            await gate.wait_rows("detector", 2 * (k + 1))
+        calls: list[Any] = []
+        for i in range(PER_TRANSPORT):
+            calls.append(asyncio.ensure_future(h.http_compare(a, b, reference=f"h{i}")))
+            calls.append(asyncio.ensure_future(h.grpc_compare(a, b, reference=f"g{i}")))
+        await h.wait_queued("detector", 4 * PER_TRANSPORT)
+        gate.release()
+        results = await asyncio.wait_for(asyncio.gather(*firsts, *calls), WAIT_S)
+        http = [r for r in results if hasattr(r, "status_code")]
+        n_http = PER_TRANSPORT + len(firsts)
+        assert [r.status_code for r in http] == [200] * n_http, [r.text for r in http]
+        assert [r.json()["compare_result"] for r in http] == ["Same person"] * n_http
+        assert [r.compare_result for r in results if not hasattr(r, "status_code")] == ["Same person"] * PER_TRANSPORT
 
-            async def over_http(i: int) -> str:
-                r = await client.post("/v1/compare_face", headers={"Authorization": f"Bearer {token}"},
-                                      data={"channel": "WEB", "reference": f"h{i}"},
-                                      files={"file1": ("a.jpg", a), "file2": ("b.jpg", b)})
-                assert r.status_code == 200, r.text
-                return str(r.json()["compare_result"])
-
-            async def over_grpc(i: int) -> str:
-                req = pb.CompareFacesRequest(channel="WEB", reference=f"g{i}", file1=a, file2=b)
-                resp = await stub.CompareFaces(req, metadata=(("authorization", f"Bearer {token}"),), timeout=120)
-                return str(resp.compare_result)
-
-            results = await asyncio.gather(*(over_http(i) for i in range(CONCURRENT_PER_TRANSPORT)),
-                                           *(over_grpc(i) for i in range(CONCURRENT_PER_TRANSPORT)))
-        assert results == ["Same person"] * (2 * CONCURRENT_PER_TRANSPORT)
-        m = runtime.metrics
+        m = h.runtime.metrics
         per_source = {src: m.value("facerec_batch_items_total", model="detector", source=src)
                       for src in ("http", "grpc")}
-        assert per_source == {"http": 2 * CONCURRENT_PER_TRANSPORT, "grpc": 2 * CONCURRENT_PER_TRANSPORT}
-        mixed = sum(m.value("facerec_mixed_batches_total", model=model)
-                    for model in ("detector", "landmarker", "embedder"))
-        assert mixed >= 1, "no batch held both HTTP and gRPC items"
-        text = m.render()[0].decode()
-        assert "facerec_mixed_batches_total" in text
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await runtime.aclose()
+        assert per_source == {"http": 2 * n_http, "grpc": 2 * PER_TRANSPORT}
+        # The queued rows (12 <= the batch size 16) left together: one batch held both transports.
+        assert 4 * PER_TRANSPORT in list(detector.stats.last_batch_sizes)
+        assert m.value("facerec_mixed_batches_total", model="detector") >= 1
+        assert "facerec_mixed_batches_total" in m.render()[0].decode()

@@ -1,233 +1,224 @@
 """Overload, deadlines and departed clients, over HTTP and gRPC, with the real app, batchers and servers.
 
-The backend is the real onnxruntime one behind a gate (``faultkit.ProxyBackend``): closing the gate holds the
-batch in flight, so the queue behind it fills deterministically. SQLite only: the store plays no part here.
+The backend is the real onnxruntime one behind the harness's gate: holding it keeps a batch in flight, so the
+gate and the queues behind it fill deterministically (no timing windows). SQLite only: the store plays no part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import httpx
 import pytest
-import uvicorn
-from faultkit import PAIR, ProxyBackend, bearer, wait_until
+from harness import PAIR, WAIT_S, Harness, socket_server
 
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-from server.api.grpc.server import GrpcServer, start_grpc_server
+import server.service
 from server.app import create_app
-from server.inference.onnxrt import OnnxRuntimeBackend
-from server.runtime import Runtime
-from server.service import ScanService
-from server.settings import PROJECT_ROOT, Settings
+from tooling.wait import wait_until
 
-COMPARE = "/v1/compare_face"
-
-
-@dataclass
-class Env:
-    runtime: Runtime
-    proxy: ProxyBackend
-    client: httpx.AsyncClient
-    images: tuple[bytes, bytes]
-    grpc: GrpcServer | None = None
-    channel: grpc.aio.Channel | None = None
-
-    @property
-    def detector(self) -> Any:
-        return self.runtime.runner.batchers["detector"]
-
-    def post(self, reference: str = "r") -> Awaitable[httpx.Response]:
-        a, b = self.images
-        return self.client.post(COMPARE, headers={"Authorization": bearer(self.runtime)},
-                                data={"channel": "WEB", "reference": reference},
-                                files={"file1": ("a.jpg", a), "file2": ("b.jpg", b)})
-
-    def grpc_call(self, timeout: float | None = None) -> Any:
-        assert self.channel is not None
-        a, b = self.images
-        stub = pb_grpc.FaceRecognitionStub(self.channel)
-        req = pb.CompareFacesRequest(channel="WEB", reference="g", file1=a, file2=b)
-        return stub.CompareFaces(req, metadata=(("authorization", bearer(self.runtime)),), timeout=timeout)
-
-    async def hold_one_batch(self) -> asyncio.Task[httpx.Response]:
-        """Close the gate and start request A: its two detector rows form the batch in flight, blocked."""
-        self.proxy.gate.clear()
-        first = asyncio.ensure_future(self.post("a"))
-        await wait_until(lambda: self.proxy.rows["detector"] == 2, what="request A's batch at the backend")
-        return first
-
-    async def queue_one(self) -> asyncio.Task[httpx.Response]:
-        """Request B: its two detector rows wait in the queue behind A's batch."""
-        second = asyncio.ensure_future(self.post("b"))
-        await wait_until(lambda: self.detector.queue_depth == 2, what="request B queued")
-        return second
+DecodeCount = list[int]
 
 
 @pytest.fixture
-def make_env(backend: OnnxRuntimeBackend, tmp_path: Path,
-             image_bytes: Callable[[str], bytes]) -> Callable[..., contextlib.AbstractAsyncContextManager[Env]]:
-    @contextlib.asynccontextmanager
-    async def make(*, with_grpc: bool = False, **changes: Any) -> AsyncIterator[Env]:
-        settings = Settings(data_dir=tmp_path / "data", model_repository=PROJECT_ROOT / "model_repository",
-                            device="cpu", grpc_port=0, max_wait_ms=1.0, max_batch_size=16).replace(**changes)
-        proxy = ProxyBackend(backend)
-        runtime = await Runtime.start(settings, backend=proxy)
-        env = Env(runtime, proxy, httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings, runtime)),
-                                                    base_url="http://facerec.test", timeout=60),
-                  (image_bytes(PAIR[0]), image_bytes(PAIR[1])))
-        try:
-            if with_grpc:
-                env.grpc = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
-                env.channel = grpc.aio.insecure_channel(f"127.0.0.1:{env.grpc.port}")
-            yield env
-        finally:
-            proxy.gate.set()
-            await env.client.aclose()
-            if env.channel is not None:
-                await env.channel.close()
-            if env.grpc is not None:
-                await env.grpc.stop(0)
-            await runtime.aclose()
+def images(image_bytes: Callable[[str], bytes]) -> tuple[bytes, bytes]:
+    return image_bytes(PAIR[0]), image_bytes(PAIR[1])
 
-    return make
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> DecodeCount:
+    """Counts every image the service decodes (a spy around the real decoder)."""
+    count = [0]
+    real = server.service.decode_image
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server.service, "decode_image", spy)
+    return count
+
+
+def compare(h: Harness, images: tuple[bytes, bytes], reference: str) -> asyncio.Future[httpx.Response]:
+    return asyncio.ensure_future(h.http_compare(*images, reference=reference))
+
+
+async def hold_one_batch(h: Harness, images: tuple[bytes, bytes]) -> asyncio.Future[httpx.Response]:
+    """Hold the backend and start request A: its two detector rows form the batch in flight, held at the gate."""
+    assert h.gate is not None
+    h.gate.hold()
+    first = compare(h, images, "a")
+    await h.gate.wait_rows("detector", 2)
+    return first
+
+
+def rejected(h: Harness, reason: str) -> float:
+    return h.runtime.metrics.value("facerec_requests_rejected_total", reason=reason)
 
 
 # --------------------------------------------------------------------------- overload
 
 
-async def test_full_queue_is_refused_at_once_with_retry_hints(make_env: Any) -> None:
-    async with make_env(max_queue=2, with_grpc=True) as env:
-        first = await env.hold_one_batch()
-        second = await env.queue_one()
-        # HTTP: 429, Retry-After in whole seconds (RFC 9110), the precise hint in ms in the problem body.
-        elapsed = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            r = await env.post("c")
-            elapsed.append(time.perf_counter() - t0)
+async def test_full_gate_refuses_before_decoding_and_every_admitted_request_completes(
+    serve_local: Any, images: tuple[bytes, bytes], decodes: DecodeCount
+) -> None:
+    admitted_n = 4
+    async with serve_local(max_in_flight=admitted_n, with_grpc=True) as h:
+        gate, admission, detector = h.gate, h.runtime.admission, h.batcher("detector")
+        assert gate is not None
+        gate.hold()
+        admitted = [compare(h, images, f"in-{i}") for i in range(admitted_n)]
+        # Every admitted request decoded and queued its rows; one batch is held at the backend, the rest wait.
+        await wait_until(lambda: gate.rows["detector"] + detector.queue_depth == 2 * admitted_n, within_s=WAIT_S,
+                         what="every admitted request's detector rows")
+        assert admission.in_flight == admitted_n
+        assert h.runtime.metrics.value("facerec_requests_in_flight") == admitted_n
+        assert decodes[0] == 2 * admitted_n
+
+        # HTTP: 429 with Retry-After in whole seconds (RFC 9110) and the precise hint in ms in the problem body.
+        for i in range(3):
+            r = await h.http_compare(*images, reference=f"out-{i}")
             assert r.status_code == 429, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
             body = r.json()
             assert body["code"] == "overloaded"
-            assert r.headers["content-type"].startswith("application/problem+json")
             assert isinstance(body["retry_after_ms"], int) and body["retry_after_ms"] >= 50
             assert int(r.headers["retry-after"]) == -(-body["retry_after_ms"] // 1000)
-        assert min(elapsed) < 0.1, f"refusal took {min(elapsed) * 1000:.0f} ms"
         # gRPC: RESOURCE_EXHAUSTED with the hint in the trailers.
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await env.grpc_call(timeout=10)
+            await h.grpc_compare(*images, reference="out-grpc")
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         trailers = dict(err.value.trailing_metadata() or ())
         assert trailers["facerec-error-code"] == "overloaded"
         assert int(trailers["facerec-retry-after-ms"]) >= 50
-        # The refused requests never reached the backend; the admitted ones complete once it frees up.
-        env.proxy.gate.set()
-        done = await asyncio.gather(first, second)
-        assert [r.status_code for r in done] == [200, 200]
-        assert env.proxy.rows["detector"] == 4
-        assert env.detector.stats.rejected_overloaded == 4
-        assert env.runtime.metrics.value("facerec_requests_rejected_total", reason="overloaded") == 4
+        # Refused before any decoding (the spy saw no new image) and answered while the backend was still held:
+        # a refusal waits for nothing.
+        assert decodes[0] == 2 * admitted_n
+        assert not any(t.done() for t in admitted)
+
+        gate.release()
+        done = await asyncio.wait_for(asyncio.gather(*admitted), WAIT_S)
+        # Admitted once, never refused later: every admitted request completes, whatever stage it had reached.
+        assert [r.status_code for r in done] == [200] * admitted_n, [r.text for r in done]
+        assert gate.rows["detector"] == 2 * admitted_n  # the refused requests never reached a model
+        assert all(h.batcher(m).stats.queue_overflows == 0 for m in ("detector", "landmarker", "embedder"))
+        # The counters count requests (4 refused), not rows; nothing is left in flight.
+        assert rejected(h, "overloaded") == 4 and admission.refused == 4
+        assert rejected(h, "deadline") == rejected(h, "cancelled") == 0
+        assert admission.in_flight == 0 and h.runtime.metrics.value("facerec_requests_in_flight") == 0
+        assert (await h.http_compare(*images, reference="after")).status_code == 200
 
 
 # --------------------------------------------------------------------------- deadlines
 
+# The deadline the tests below let pass while the backend is held: long enough that a request reaches its queue
+# first even on a 10x slower machine (~0.1 s unloaded), short enough to keep the tests quick.
+DEADLINE_S = 2.0
 
-async def test_http_deadline_drops_queued_work_and_answers_503(make_env: Any) -> None:
-    async with make_env(request_timeout_s=0.5) as env:
-        first = await env.hold_one_batch()
-        t0 = time.perf_counter()
-        second = await env.queue_one()
-        r_b = await second
-        waited = time.perf_counter() - t0
+
+async def test_http_deadline_drops_queued_work_and_answers_503(serve_local: Any,
+                                                              images: tuple[bytes, bytes]) -> None:
+    async with serve_local(request_timeout_s=DEADLINE_S) as h:
+        assert h.gate is not None
+        first = await hold_one_batch(h, images)
+        second = compare(h, images, "b")
+        await h.wait_queued("detector", 2)
+        r_b = await asyncio.wait_for(second, WAIT_S)
         assert r_b.status_code == 503, r_b.text
         assert r_b.json()["code"] == "deadline_exceeded"
         assert "retry-after" in r_b.headers
-        assert waited < 2.0, f"deadline answer took {waited:.2f} s"
         # The in-flight request's deadline passes too: its client is answered, not left waiting on the backend.
-        r_a = await first
+        r_a = await asyncio.wait_for(first, WAIT_S)
         assert r_a.status_code == 503 and r_a.json()["code"] == "deadline_exceeded"
-        env.proxy.gate.set()
-        await wait_until(lambda: env.detector.queue_depth == 0 and not env.detector._inflight,
-                         what="the batcher to settle")
-        assert env.proxy.rows["detector"] == 2, "request B's expired rows reached the backend"
-        assert env.detector.stats.dropped_deadline == 2
-        assert env.detector.stats.dropped_cancelled == 0
-        # And the server keeps serving (a list: a full compare may not fit 0.5 s on a busy 2-core machine).
-        r = await env.client.get("/v1/face-recognition", headers={"Authorization": bearer(env.runtime)})
+        h.gate.release()
+        await h.wait_settled("detector")
+        assert h.gate.rows["detector"] == 2, "request B's expired rows reached the backend"
+        stats = h.batcher("detector").stats
+        assert stats.dropped_deadline == 2 and stats.dropped_cancelled == 0
+        # Requests are counted once each (A and B), rows per model.
+        assert rejected(h, "deadline") == 2
+        assert h.runtime.metrics.value("facerec_rows_dropped_total", model="detector", reason="deadline") == 2
+        # And the server keeps serving.
+        r = await h.http.get("/v1/face-recognition", headers=h.headers())
         assert r.status_code == 200 and r.json()["totalElements"] == 0
 
 
-async def test_grpc_deadlines_client_and_server(make_env: Any) -> None:
-    async with make_env(request_timeout_s=0.5, with_grpc=True) as env:
-        first = await env.hold_one_batch()
+async def test_grpc_deadlines_client_and_server(serve_local: Any, images: tuple[bytes, bytes]) -> None:
+    async with serve_local(request_timeout_s=DEADLINE_S, with_grpc=True) as h:
+        assert h.gate is not None
+        first = await hold_one_batch(h, images)
         # The server's own request timeout, no client deadline: DEADLINE_EXCEEDED with the error code trailer.
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await env.grpc_call(timeout=None)
+            await h.grpc_compare(*images, timeout=None)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert dict(err.value.trailing_metadata() or ())["facerec-error-code"] == "deadline_exceeded"
         # A client deadline shorter than the server's is honoured the same way.
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await env.grpc_call(timeout=0.2)
+            await h.grpc_compare(*images, timeout=DEADLINE_S / 2)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await first
-        env.proxy.gate.set()
-        await wait_until(lambda: env.detector.queue_depth == 0 and not env.detector._inflight,
-                         what="the batcher to settle")
-        assert env.proxy.rows["detector"] == 2
-        assert env.detector.stats.dropped_deadline == 4
+        await asyncio.wait_for(first, WAIT_S)
+        h.gate.release()
+        await h.wait_settled("detector")
+        assert h.gate.rows["detector"] == 2  # nothing of the expired calls ran
+        # Three requests ended at a deadline (A and the two calls). At a client deadline grpc cancels the handler
+        # in the same instant the server's own timer fires, so that one may count as cancelled.
+        assert rejected(h, "deadline") >= 2
+        assert rejected(h, "deadline") + rejected(h, "cancelled") == 3
 
 
 # --------------------------------------------------------------------------- clients that leave
 
 
-async def test_http_client_disconnect_frees_its_work(make_env: Any) -> None:
+async def assert_withdrawn(h: Harness, first: asyncio.Future[httpx.Response]) -> None:
+    """The departed request's queued rows were withdrawn and never ran; the request is counted once."""
+    assert h.gate is not None
+    # The server noticed: the handler was cancelled, and with it the queued rows' futures.
+    detector = h.batcher("detector")
+    await wait_until(lambda: all(w.future.cancelled() for w in detector._queue), within_s=WAIT_S,
+                     what="the departed request's rows to be withdrawn")
+    h.gate.release()
+    assert (await asyncio.wait_for(first, WAIT_S)).status_code == 200
+    assert detector.stats.dropped_cancelled == 2
+    assert h.gate.rows["detector"] == 2, "the departed request's rows reached the backend"
+    await wait_until(lambda: rejected(h, "cancelled") == 1, within_s=WAIT_S,  # one request, not 2 rows
+                     what="the departed request to be counted")
+
+
+async def test_http_client_disconnect_frees_its_work(serve_local: Any, images: tuple[bytes, bytes]) -> None:
     """Over a real socket (uvicorn): closing the connection cancels the handler; its rows never run."""
-    async with make_env() as env:
-        app = create_app(env.runtime.settings, env.runtime)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
-        serving = asyncio.ensure_future(server.serve())
-        try:
-            await wait_until(lambda: server.started, what="uvicorn to start")
-            port = server.servers[0].sockets[0].getsockname()[1]
-            env.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
-            first = await env.hold_one_batch()
-            second = await env.queue_one()
+    async with serve_local() as h:
+        assert h.gate is not None
+        app = create_app(h.runtime.settings, h.runtime)
+        async with socket_server(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                                                 timeout=WAIT_S) as client:
+
+            def post(reference: str) -> asyncio.Future[httpx.Response]:
+                return asyncio.ensure_future(client.post(
+                    "/v1/compare_face", headers=h.headers(), data={"channel": "WEB", "reference": reference},
+                    files={"file1": ("a.jpg", images[0]), "file2": ("b.jpg", images[1])}))
+
+            h.gate.hold()
+            first = post("a")
+            await h.gate.wait_rows("detector", 2)
+            second = post("b")
+            await h.wait_queued("detector", 2)
             second.cancel()  # the client gives up: httpx closes the connection
             with contextlib.suppress(asyncio.CancelledError):
                 await second
-            # The server noticed: the handler was cancelled, and with it the queued rows' futures.
-            await wait_until(lambda: all(w.future.cancelled() for w in env.detector._queue),
-                             what="the departed client's rows to be withdrawn")
-            env.proxy.gate.set()
-            assert (await first).status_code == 200
-            assert env.detector.stats.dropped_cancelled == 2
-            assert env.proxy.rows["detector"] == 2, "the departed client's rows reached the backend"
-            assert (await env.post("after")).status_code == 200
-        finally:
-            await env.client.aclose()
-            server.should_exit = True
-            await serving
+            await assert_withdrawn(h, first)
+            assert (await post("after")).status_code == 200
 
 
-async def test_grpc_cancelled_call_frees_its_work(make_env: Any) -> None:
-    async with make_env(with_grpc=True) as env:
-        first = await env.hold_one_batch()
-        call = env.grpc_call(timeout=30)
-        await wait_until(lambda: env.detector.queue_depth == 2, what="the gRPC call's rows queued")
+async def test_grpc_cancelled_call_frees_its_work(serve_local: Any, images: tuple[bytes, bytes]) -> None:
+    async with serve_local(with_grpc=True) as h:
+        assert h.gate is not None
+        first = await hold_one_batch(h, images)
+        call = h.grpc_compare(*images, timeout=WAIT_S)
+        await h.wait_queued("detector", 2)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        await wait_until(lambda: all(w.future.cancelled() for w in env.detector._queue),
-                         what="the cancelled call's rows to be withdrawn")
-        env.proxy.gate.set()
-        assert (await first).status_code == 200
-        assert env.detector.stats.dropped_cancelled == 2
-        assert env.proxy.rows["detector"] == 2
+        await assert_withdrawn(h, first)

@@ -11,35 +11,25 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from edgekit import COMPARE, SCANS, Edge, serve_both
-from faultkit import ServeProcess
+from harness import COMPARE, LOCAL_CPU, SCANS, Harness
 
 from server.api.http import RequestIdLogFilter
 from server.auth import ALL_ROLES, LocalIssuer
 from server.settings import PROJECT_ROOT
+from tooling.serve import ServeProcess
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"),
+              pytest.mark.served(max_request_bytes=300_000, max_file_bytes=200_000)]
 
 HARDENING = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
              "cache-control": "no-store"}
 ORIGIN = "https://app.example"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(start_runtime: Any) -> AsyncIterator[Edge]:
-    runtime = await start_runtime(max_request_bytes=300_000, max_file_bytes=200_000)
-    try:
-        async with serve_both(runtime) as edge:
-            yield edge
-    finally:
-        await runtime.aclose()
 
 
 def assert_hardened(resp: httpx.Response) -> None:
@@ -48,7 +38,7 @@ def assert_hardened(resp: httpx.Response) -> None:
     assert "server" not in resp.headers and "x-powered-by" not in resp.headers
 
 
-async def test_hardening_headers_on_every_kind_of_response(env: Edge) -> None:
+async def test_hardening_headers_on_every_kind_of_response(env: Harness) -> None:
     h = env.headers()
     responses = [
         await env.http.get(SCANS, headers=h),  # personal data
@@ -69,7 +59,7 @@ async def test_hardening_headers_on_every_kind_of_response(env: Edge) -> None:
         assert resp.headers["x-request-id"]
 
 
-async def test_cors_is_off_by_default(env: Edge) -> None:
+async def test_cors_is_off_by_default(env: Harness) -> None:
     assert env.runtime.settings.cors_origins == ()
     preflight = await env.http.options(SCANS, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET",
                                                        "Access-Control-Request-Headers": "authorization"})
@@ -80,21 +70,21 @@ async def test_cors_is_off_by_default(env: Edge) -> None:
     assert "access-control-allow-origin" not in simple.headers
 
 
-async def test_cors_on_when_origins_are_configured(make_api: Any) -> None:
-    async with make_api(cors_origins=(ORIGIN,)) as api:
+async def test_cors_on_when_origins_are_configured(serve_target: Any) -> None:
+    async with serve_target(cors_origins=(ORIGIN,)) as api:
         ask = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
-        allowed = await api.client.options(SCANS, headers={"Origin": ORIGIN, **ask})
+        allowed = await api.http.options(SCANS, headers={"Origin": ORIGIN, **ask})
         assert allowed.status_code in (200, 204), allowed.text
         assert allowed.headers["access-control-allow-origin"] == ORIGIN
         assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
         assert allowed.headers.get("access-control-allow-credentials") != "true"
-        other = await api.client.options(SCANS, headers={"Origin": "https://evil.example", **ask})
+        other = await api.http.options(SCANS, headers={"Origin": "https://evil.example", **ask})
         assert other.headers.get("access-control-allow-origin") not in ("https://evil.example", "*")
-        simple = await api.client.get(SCANS, headers={**api.auth(), "Origin": ORIGIN})
+        simple = await api.http.get(SCANS, headers={**api.headers(), "Origin": ORIGIN})
         assert simple.status_code == 200
         assert simple.headers["access-control-allow-origin"] == ORIGIN
         assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
-        evil = await api.client.get(SCANS, headers={**api.auth(), "Origin": "https://evil.example"})
+        evil = await api.http.get(SCANS, headers={**api.headers(), "Origin": "https://evil.example"})
         assert evil.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
@@ -115,7 +105,7 @@ def _records_of(caplog: pytest.LogCaptureFixture, rid: str) -> list[logging.LogR
     return [r for r in caplog.records if getattr(r, "request_id", None) == rid]
 
 
-async def test_request_id_echoed_and_in_the_log_records(env: Edge, request_logs: pytest.LogCaptureFixture) -> None:
+async def test_request_id_echoed_and_in_the_log_records(env: Harness, request_logs: pytest.LogCaptureFixture) -> None:
     resp = await env.http.get(SCANS, headers={**env.headers(), "X-Request-ID": "trace-42.a_b"})
     assert resp.headers["x-request-id"] == "trace-42.a_b"
     records = _records_of(request_logs, "trace-42.a_b")
@@ -128,7 +118,7 @@ async def test_request_id_echoed_and_in_the_log_records(env: Edge, request_logs:
 
 
 @pytest.mark.parametrize("incoming", ["has space", "semi;colon", "x" * 129, "ünï", "<script>", "a\\b", ""])
-async def test_invalid_request_id_is_replaced(env: Edge, request_logs: pytest.LogCaptureFixture,
+async def test_invalid_request_id_is_replaced(env: Harness, request_logs: pytest.LogCaptureFixture,
                                               incoming: str) -> None:
     resp = await env.http.get(SCANS, headers={**env.headers(), "X-Request-ID": incoming.encode()})
     rid = resp.headers["x-request-id"]
@@ -137,7 +127,7 @@ async def test_invalid_request_id_is_replaced(env: Edge, request_logs: pytest.Lo
     assert not any(incoming and incoming in r.getMessage() for r in request_logs.records)
 
 
-async def test_query_strings_and_tokens_stay_out_of_the_access_log(env: Edge,
+async def test_query_strings_and_tokens_stay_out_of_the_access_log(env: Harness,
                                                                    request_logs: pytest.LogCaptureFixture) -> None:
     token = env.token()
     resp = await env.http.get(SCANS, params={"reference": "contract-of-jane-doe"},
@@ -156,8 +146,9 @@ async def test_query_strings_and_tokens_stay_out_of_the_access_log(env: Edge,
 @contextlib.contextmanager
 def _facerec_serve(tmp_path: Path, **env_vars: str) -> Iterator[tuple[str, Path]]:
     """`facerec serve` in a subprocess on a free loopback port; yields its base URL and its log file."""
-    server = ServeProcess(tmp_path / "data", FACEREC_ORT_INTRA_THREADS="1",
-                          FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository"), **env_vars).start()
+    server = ServeProcess(tmp_path / "data", env={**LOCAL_CPU, "FACEREC_ORT_INTRA_THREADS": "1",
+                                                  "FACEREC_MODEL_REPOSITORY": str(PROJECT_ROOT / "model_repository"),
+                                                  **env_vars}).start()
     try:
         yield server.url, server.log_path
     finally:
@@ -219,7 +210,7 @@ async def test_real_server_banner_request_id_log_and_streamed_limit(tmp_path: Pa
             assert status.startswith(b"HTTP/1.1 413"), status
             assert sent < 16 * 1024 * 1024, sent  # stopped long before 200 MB
             assert (await client.get("/health/live")).status_code == 200  # still serving
-            await asyncio.sleep(0.2)
+    # Read once the process has exited (the block stopped it): every line it logged is in the file by then.
     text = log.read_text(errors="replace")
     access = [line for line in text.splitlines() if "server.access" in line]
     assert any("[sock-live-1]" in line and "/health/live" in line for line in access), text[-3000:]

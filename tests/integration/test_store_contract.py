@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from harness import new_schema, pg_exec, pg_url, postgres_dsn
 
 from server import errors
 from server.domain import (
@@ -28,52 +28,6 @@ from server.domain import (
 from server.settings import Settings
 from server.store import SqlScanStore, create_store, migrate
 from server.store import sql as store_sql
-
-PG_HOST = "127.0.0.1:5432"
-PG_DB = "test"
-PG_USERS = ("postgres", "root")
-# FACEREC_TEST_PG_URL (an asyncpg DSN such as postgresql://user@host:5432/db) replaces the local default.
-PG_DSN_OVERRIDE = os.environ.get("FACEREC_TEST_PG_URL")
-
-_probe: dict[str, str] = {}  # "dsn" or "reason", filled once per session
-
-
-async def _pg_probe() -> tuple[str | None, str | None]:
-    """(asyncpg DSN, None) when PostgreSQL answers, else (None, why); probed once per session."""
-    if _probe:
-        return _probe.get("dsn"), _probe.get("reason")
-    import asyncpg
-
-    candidates = (
-        [PG_DSN_OVERRIDE] if PG_DSN_OVERRIDE else [f"postgresql://{u}@{PG_HOST}/{PG_DB}" for u in PG_USERS]
-    )
-    reasons = []
-    for dsn in candidates:
-        try:
-            conn = await asyncpg.connect(dsn, timeout=3)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            reasons.append(f"{dsn}: {exc!r}")
-            continue
-        await conn.close()
-        _probe["dsn"] = dsn
-        return dsn, None
-    _probe["reason"] = f"PostgreSQL unreachable ({'; '.join(reasons)})"
-    return None, _probe["reason"]
-
-
-async def _pg_exec(dsn: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, timeout=3)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def pg_url(dsn: str) -> str:
-    """The SQLAlchemy URL of an asyncpg DSN."""
-    return "postgresql+asyncpg://" + dsn.split("://", 1)[1]
 
 
 class Backend:
@@ -99,11 +53,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         for store in made.made:
             await store.close()
         return
-    dsn, reason = await _pg_probe()
-    if dsn is None:
-        pytest.skip(reason or "PostgreSQL unreachable")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    await _pg_exec(dsn, f'CREATE SCHEMA "{schema}"')
+    dsn = postgres_dsn()
+    schema = new_schema("t")
+    await pg_exec(dsn, f'CREATE SCHEMA "{schema}"')
     # Each test gets its own schema: search_path makes the store create and use its tables there.
     made = Backend("postgres", pg_url(dsn), {"server_settings": {"search_path": schema}})
     try:
@@ -111,7 +63,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     finally:
         for store in made.made:
             await store.close()
-        await _pg_exec(dsn, f'DROP SCHEMA "{schema}" CASCADE')
+        await pg_exec(dsn, f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
@@ -567,9 +519,7 @@ async def test_create_store_defaults_to_sqlite_in_data_dir(tmp_path: Path) -> No
 
 @pytest.mark.postgres
 async def test_create_store_uses_database_url() -> None:
-    dsn, reason = await _pg_probe()
-    if dsn is None:
-        pytest.skip(reason or "PostgreSQL unreachable")
+    dsn = postgres_dsn()
     store = create_store(Settings(database_url=pg_url(dsn)))
     assert isinstance(store, SqlScanStore) and store.dialect == "postgresql"
     try:

@@ -99,7 +99,9 @@ def test_rebuild_is_a_fast_offline_no_op(
     start = time.perf_counter()
     shas = modelrepo.build_model_repository(repo, cache_dir, log=lines.append)
     elapsed = time.perf_counter() - start
-    assert elapsed < 1.5, f"no-op rebuild took {elapsed:.2f} s"
+    # Hashing the three files takes ~0.1 s; 10 s holds at 10x slowdown and still tells a no-op from a rebuild
+    # (minutes). The proof of "offline" is the pip stub above, not the time.
+    assert elapsed < 10, f"no-op rebuild took {elapsed:.2f} s"
     assert _files(repo) == before
     assert all("up to date" in line for line in lines), lines
     assert shas == {n: modelrepo.sha256_file(_model(repo, n)) for n in MODEL_NAMES}
