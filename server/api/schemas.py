@@ -129,7 +129,9 @@ class ScanPage(msgspec.Struct, rename="camel"):
 
 def _one_of(values: list[str]) -> msgspec.Meta:
     # Documented as the canonical spellings (what the server writes); the domain's parse also takes other cases.
-    return msgspec.Meta(extra_json_schema={"description": "case-insensitive", "extra": {"enum": values}})
+    # The enum sits beside the generated ``oneOf [string, null]``, so it lists null too (absent = unchanged).
+    return msgspec.Meta(extra_json_schema={"description": "case-insensitive",
+                                           "extra": {"enum": [*values, None]}})
 
 
 class ScanUpdateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=False):

@@ -192,6 +192,10 @@ async def test_update_scan(env: Harness, same: pb.CompareFacesResponse) -> None:
     assert (partial.reference, partial.updated_by_id) == ("contract-10", "carol")
     assert (partial.compare_result, partial.sales_channel) == ("Different person", "MOBILE")
     assert (await stored(env, str(base.id))).reference == "contract-10"
+    # Case and surrounding spaces are ignored, as over HTTP; stored canonical.
+    relaxed = await env.stub.UpdateScan(pb.UpdateScanRequest(id=str(base.id), sales_channel="other ",
+                                                             compare_result="same person"), metadata=env.metadata())
+    assert (relaxed.sales_channel, relaxed.compare_result) == ("OTHER", "Same person")
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,11 @@ async def test_put_changes_only_mutable_fields(api: Any, image_bytes: Any) -> No
                    "invalid_field")
     assert_problem(await api.http.put(url, headers=api.headers(), json={"salesChannel": "FAX"}), 400,
                    "invalid_field")
+    # Case and surrounding spaces are ignored, as in the compare form, the list filters and gRPC; stored canonical.
+    relaxed = await api.http.put(url, headers=api.headers(), json={"salesChannel": " mobile",
+                                                                   "compareResult": "same PERSON"})
+    assert relaxed.status_code == 200, relaxed.text
+    assert (relaxed.json()["salesChannel"], relaxed.json()["compareResult"]) == ("MOBILE", "Same person")
 
 
 async def test_delete(api: Any, image_bytes: Any) -> None:
