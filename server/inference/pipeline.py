@@ -33,7 +33,8 @@ MAX_ROWS_PER_IMAGE = 2
 
 
 class InferenceRunner(Protocol):
-    """Anything that runs one batch through a named model (a backend, or batchers in front of one)."""
+    """Anything that runs one batch through a named model for a request (batchers in front of a backend, or a
+    backend directly through ``DirectRunner``)."""
 
     async def infer(self, model: str, inputs: dict[str, NDF], ctx: RequestContext) -> dict[str, NDF]:
         """Run ``model`` on a batch on behalf of the request ``ctx``."""

@@ -1,28 +1,13 @@
-"""Runtime wiring that needs no models: the automatic batch size, the admission limit and the queue bound."""
+"""Runtime wiring that needs no models: the admission limit and the batchers' queue bound."""
 
 from __future__ import annotations
 
-import onnxruntime as ort
 import pytest
 
 from server.inference.admission import ACCELERATOR_IN_FLIGHT, CPU_IN_FLIGHT_PER_CORE, available_cores
-from server.inference.batched import GPU_BATCH_SIZE, auto_max_batch_size
 from server.inference.pipeline import MAX_ROWS_PER_IMAGE
 from server.runtime import IMAGES_PER_REQUEST, max_in_flight, queue_bound
 from server.settings import Settings
-
-
-def test_cpu_onnxruntime_does_not_batch() -> None:
-    assert auto_max_batch_size(Settings(device="cpu")) == 1
-
-
-def test_triton_batches() -> None:
-    assert auto_max_batch_size(Settings(backend="triton")) == GPU_BATCH_SIZE
-
-
-def test_auto_follows_cuda_availability() -> None:
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    assert auto_max_batch_size(Settings(device="auto")) == (GPU_BATCH_SIZE if has_cuda else 1)
 
 
 def test_negative_batch_size_is_refused() -> None:

@@ -1,0 +1,92 @@
+"""The pipeline's runners on a fake backend: batch-size policy, rows to the batchers, the request context."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+
+from server import errors
+from server.inference.backend import MODEL_NAMES, ModelSpec, TensorSpec
+from server.inference.batched import GPU_BATCH_SIZE, BatchedRunner, DirectRunner, auto_max_batch_size
+from server.inference.context import INTERNAL, RequestContext
+from server.metrics import Metrics
+from server.settings import Settings
+
+NDF = npt.NDArray[np.float32]
+
+
+class Doubler:
+    """A backend that doubles its input and records the batch sizes it saw per model."""
+
+    description = "doubler"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, int]] = []
+
+    def spec(self, model: str) -> ModelSpec:
+        return ModelSpec(model, 8, (TensorSpec("x", "float32", (1,)),), (TensorSpec("y", "float32", (1,)),))
+
+    async def infer(self, model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
+        self.batches.append((model, len(inputs["x"])))
+        return {"y": inputs["x"] * 2}
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_cpu_onnxruntime_does_not_batch() -> None:
+    assert auto_max_batch_size(Settings(device="cpu")) == 1
+
+
+def test_triton_batches() -> None:
+    assert auto_max_batch_size(Settings(backend="triton")) == GPU_BATCH_SIZE
+
+
+def test_auto_follows_cuda_availability() -> None:
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert auto_max_batch_size(Settings(device="auto")) == (GPU_BATCH_SIZE if has_cuda else 1)
+
+
+@pytest.fixture
+async def batched() -> AsyncIterator[tuple[BatchedRunner, Doubler, Metrics]]:
+    backend, metrics = Doubler(), Metrics()
+    runner = BatchedRunner(backend, Settings(device="cpu", max_batch_size=8, max_wait_ms=0), metrics, max_queue=64)
+    await runner.start()
+    yield runner, backend, metrics
+    await runner.aclose()
+
+
+async def test_rows_go_through_the_batcher_labelled_with_the_context(
+        batched: tuple[BatchedRunner, Doubler, Metrics]) -> None:
+    runner, backend, metrics = batched
+    assert all(b.max_queue == 64 for b in runner.batchers.values()) and set(runner.batchers) == set(MODEL_NAMES)
+    x = np.arange(3, dtype=np.float32).reshape(3, 1)
+    out = await asyncio.wait_for(runner.infer("embedder", {"x": x}, RequestContext(source="grpc")), 10)
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert backend.batches == [("embedder", 3)]  # the request's rows left together, in order
+    assert metrics.value("facerec_batch_items_total", model="embedder", source="grpc") == 3
+
+
+async def test_the_context_deadline_drops_the_rows_unrun(batched: tuple[BatchedRunner, Doubler, Metrics]) -> None:
+    runner, backend, metrics = batched
+    past = asyncio.get_running_loop().time() - 1
+    with pytest.raises(errors.DeadlineExceeded):
+        await asyncio.wait_for(runner.infer("detector", {"x": np.zeros((2, 1), np.float32)},
+                                            RequestContext(source="http", deadline=past)), 10)
+    assert backend.batches == []
+    assert metrics.value("facerec_rows_dropped_total", model="detector", reason="deadline") >= 1
+
+
+async def test_direct_runner_calls_the_backend_as_is() -> None:
+    backend = Doubler()
+    out = await DirectRunner(backend).infer("landmarker", {"x": np.ones((2, 1), np.float32)}, INTERNAL)
+    np.testing.assert_array_equal(out["y"], np.full((2, 1), 2, np.float32))
+    assert backend.batches == [("landmarker", 2)]
