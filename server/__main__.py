@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channel", default="OTHER", choices=["WEB", "MOBILE", "OTHER"], type=str.upper,
                    help="sales channel stored with the scan")
     c.add_argument("--reference", default="cli", help="caller's key stored with the scan, 1-255 characters")
-    c.add_argument("--overlay", metavar="OUT.png", help="write both images with the boxes and the 68 points drawn (default: no overlay)")
+    c.add_argument("--overlay", metavar="OUT.png",
+                   help="write both images with the boxes and the 68 points drawn (default: no overlay)")
 
     t = sub.add_parser("token", help="mint a token from the local issuer (when no OIDC issuer is configured)",
                        formatter_class=fmt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, head, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -101,12 +101,17 @@ class HealthController(Controller):
 
     tags = ("operations",)
 
-    @get("/health/live", summary="The process is running")
+    @get("/health/live", summary="The process is running", operation_id="getLiveness")
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    # HEAD: load balancers and uptime checkers often probe with HEAD; same status, no body.
+    @head("/health/live", summary="The process is running (no body)", operation_id="headLiveness")
+    async def live_head(self) -> None:
+        return None
+
     @get("/health/ready", summary="Models loaded and the store answering (503 otherwise)",
-         responses=READY_RESPONSES)
+         responses=READY_RESPONSES, operation_id="getReadiness")
     async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         components, reasons = await request.app.state.runtime.readiness_report()
         ok = all(components.values())
@@ -115,7 +120,13 @@ class HealthController(Controller):
             body["reasons"] = reasons  # why each failing component fails (no paths, no SQL)
         return Response(body, status_code=200 if ok else 503)
 
-    @get("/metrics", summary="Prometheus exposition", media_type="text/plain")
+    @head("/health/ready", summary="Readiness as a status code only (200 or 503)", operation_id="headReadiness",
+          responses=READY_RESPONSES)
+    async def ready_head(self, request: Request[Any, Any, Any]) -> Response[None]:
+        components, _ = await request.app.state.runtime.readiness_report()
+        return Response(None, status_code=200 if all(components.values()) else 503)
+
+    @get("/metrics", summary="Prometheus exposition", media_type="text/plain", operation_id="getMetrics")
     async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         body, content_type = request.app.state.runtime.metrics.render()
         return Response(body, media_type=content_type)
