@@ -16,10 +16,12 @@ from server.api.http.openapi import (
     ENTITY_RESPONSES,
     GET_SCAN,
     LIST_RESPONSES,
+    LIST_SCANS,
     READY_RESPONSES,
     UPDATE_RESPONSES,
     UPDATE_SCAN,
     CompareFormOperation,
+    compare_operation_id,
 )
 from server.api.query import build_query
 from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdateIn
@@ -39,7 +41,7 @@ class CompareController(Controller):
     tags = ("compare",)
 
     @post(COMPARE_PATHS, status_code=200, responses=COMPARE_RESPONSES, operation_class=CompareFormOperation,
-          summary="Compare the faces in two images",
+          operation_id=compare_operation_id, summary="Compare the faces in two images",
           description="Needs role `face:compare`. Content types of the files are not trusted: decoding "
           "decides whether a file is a supported image.")
     async def compare_face(self, request: Request[Any, Any, Any], principal: Caller,
@@ -74,7 +76,7 @@ class ScanController(Controller):
         return ScanEntity.of(await service.update(principal, scan_id, change))
 
     @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)",
-         operation_id="listScans")
+         operation_id=LIST_SCANS)
     async def list_scans(
         self, *, principal: Caller, service: Service,
         page: Annotated[int, QueryParameter(description="0-based page number")] = 0,

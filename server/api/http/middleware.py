@@ -16,6 +16,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import tracing
+from server.api.http.docs import DOCS_CSP, DOCS_PATHS
 from server.logs import ContextFilter, request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -64,13 +65,21 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# API responses are data, never a document: nothing may load or frame them. The docs page gets its own policy
+# (same origin only: its assets are served by the app, so no CDN is ever contacted).
+API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+
+
 async def add_security_headers(message: Message, scope: Scope) -> None:
-    """Litestar ``before_send`` hook: :data:`SECURITY_HEADERS` on every HTTP response, routed or not."""
+    """Litestar ``before_send`` hook: :data:`SECURITY_HEADERS` and a CSP on every HTTP response, routed or not."""
     if message["type"] != "http.response.start":
         return
     headers = list(message.get("headers", ()))
     present = {name.lower() for name, _ in headers}
     headers += [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+    if b"content-security-policy" not in present:
+        docs = scope.get("path", "") in DOCS_PATHS
+        headers.append((b"content-security-policy", DOCS_CSP.encode() if docs else API_CSP))
     message["headers"] = headers
 
 
