@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev
 
-.PHONY: install models run test lint proto bench clean
+.PHONY: install install-gpu models run test lint proto lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# A CUDA machine: swap the CPU onnxruntime wheel for the CUDA 12 + cuDNN 9 build (same module; CPU one out first).
+ORT_GPU_VERSION ?= 1.26.0
+install-gpu: install
+	$(BIN)/uv pip uninstall --python $(BIN)/python onnxruntime
+	$(BIN)/uv pip install --python $(BIN)/python "onnxruntime-gpu==$(ORT_GPU_VERSION)"
+	$(BIN)/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers(), o.get_available_providers()"
 
 models: install
 	$(BIN)/facerec models
@@ -33,6 +40,10 @@ lint: install
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py
+
+# uv.lock pins every dependency for the Docker images (uv sync --frozen); re-run after editing pyproject.toml.
+lock: install
+	$(BIN)/uv lock
 
 bench: models
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev,bench]"
