@@ -11,9 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-installs only when pyproject.toml changes; uv makes a fresh install take seconds.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml clients/python/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.4"
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[$(EXTRAS)]" -e ./clients/python
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,8 +35,8 @@ test: models
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check server tests bench
-	$(BIN)/mypy server
+	$(BIN)/ruff check server tests bench clients
+	$(BIN)/mypy server clients/python/facerec_client
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

@@ -17,7 +17,7 @@ from typing import Final
 from litestar import Router
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
-from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+from swagger_ui_bundle import swagger_ui_path
 
 SCHEMA_PATH: Final = "/schema"
 ASSETS_PATH: Final = f"{SCHEMA_PATH}/assets"
