@@ -63,8 +63,10 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an event loop marked as running in this thread while
+    # it is open, which would break every asyncio test collected after the browser tests.
     with playwright_sync.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
         try:
