@@ -88,7 +88,8 @@ def serve(settings: Settings) -> int:
     if hint:
         print(hint, flush=True)
     grpc_note = f", gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port > 0 else ""
-    print(f"facerec: HTTP on http://{settings.host}:{settings.port} (OpenAPI at /schema){grpc_note}",
+    print(f"facerec: HTTP on http://{settings.host}:{settings.port} "
+          f"(docs at /schema, OpenAPI at /schema/openapi.json){grpc_note}",
           flush=True)
     try:
         server.run()

@@ -192,10 +192,14 @@ class FieldDoc:
     exclusive_minimum: float | None = None
     enum: tuple[str, ...] | None = None
     items: int | None = None  # exact length of an array
+    pattern: str | None = None
 
 
 _PIXELS = "pixels of the original image after EXIF orientation (x to the right, y down)"
 _UTC = "UTC, ISO 8601 without offset, microseconds always present (the original service's format)"
+# The contract's timestamps have no offset, so they are not RFC 3339 `date-time` values (validators reject them):
+# they are documented by this pattern instead, and read as UTC.
+_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}$"
 # Every property of the wire schemas, by snake_case name (camelCase names map to the same entry). Wording from
 # the README's field table; tests/unit/api/test_openapi.py fails when a new wire field has no line here.
 FIELD_DOCS: dict[str, FieldDoc] = {
@@ -208,9 +212,9 @@ FIELD_DOCS: dict[str, FieldDoc] = {
                                "(FACEREC_THRESHOLD, default 0.5)", enum=tuple(RESULTS)),
     "compare_similarity": FieldDoc("calibrated similarity of the two faces, higher = more alike; 0.5 is the "
                                    "calibrated decision point", minimum=0, maximum=1),
-    "created": FieldDoc(f"when the scan was made: {_UTC}", format="date-time"),
-    "created_date": FieldDoc(f"when the scan was made: {_UTC}", format="date-time"),
-    "updated_date": FieldDoc(f"last update, null until the scan is first updated: {_UTC}", format="date-time"),
+    "created": FieldDoc(f"when the scan was made: {_UTC}", pattern=_TIMESTAMP),
+    "created_date": FieldDoc(f"when the scan was made: {_UTC}", pattern=_TIMESTAMP),
+    "updated_date": FieldDoc(f"last update, null until the scan is first updated: {_UTC}", pattern=_TIMESTAMP),
     "company_id": FieldDoc("company (tenant) of the scan, from the token's company claim"),
     "created_by_id": FieldDoc("user (token `sub`) who made the scan"),
     "updated_by_id": FieldDoc("user (token `sub`) who last updated the scan, null until then"),
@@ -312,7 +316,7 @@ def _apply(prop: dict[str, Any], doc: FieldDoc) -> None:
         if "$ref" in branch:
             continue
         for key, value in (("format", doc.format), ("minimum", doc.minimum), ("maximum", doc.maximum),
-                           ("exclusiveMinimum", doc.exclusive_minimum)):
+                           ("exclusiveMinimum", doc.exclusive_minimum), ("pattern", doc.pattern)):
             if value is not None:
                 branch[key] = value
         if doc.enum is not None:
