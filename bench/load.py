@@ -45,7 +45,6 @@ from bench.common import (
     write_json,
 )
 
-COMPARE_PATH = "/v1/compare_face"
 OK = ("200", "OK")
 
 Send = Callable[[int], Awaitable[str]]
@@ -62,61 +61,67 @@ class StepResult:
 # ----------------------------------------------------------------------------------------------- transports
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as the epilog, and every option's default in its help."""
+
+
 class HttpClient:
-    """Multipart compare over HTTP with httpx (one connection per concurrent client)."""
+    """Compares over HTTP with the typed client (facerec_client.AsyncClient, one pooled connection per client).
+
+    Overload answers are not retried (NO_RETRY): the benchmark counts every 429/503 as the server gave it.
+    """
 
     def __init__(self, url: str, token: str, pairs: list[Pair], connections: int, timeout: float) -> None:
         import httpx
+        from facerec_client import NO_RETRY, AsyncClient
 
         self.pairs = pairs
-        self.client = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
-        self._errors: tuple[type[BaseException], ...] = (httpx.HTTPError,)
+        self.api = AsyncClient(url, token, timeout=timeout, retry=NO_RETRY,
+                               limits=httpx.Limits(max_connections=connections,
+                                                   max_keepalive_connections=connections))
+        self._transport_errors: tuple[type[BaseException], ...] = (httpx.HTTPError,)
 
     async def send(self, i: int) -> str:
+        from facerec_client import ApiError
+
         p = self.pairs[i % len(self.pairs)]
-        files = {"file1": (p.a.name, p.a.data, p.a.mime), "file2": (p.b.name, p.b.data, p.b.mime)}
         try:
-            r = await self.client.post(COMPARE_PATH, data={"channel": "OTHER", "reference": f"bench-{i}"},
-                                       files=files)
-        except self._errors as exc:
+            await self.api.compare(p.a.data, p.b.data, channel="OTHER", reference=f"bench-{i}")
+        except ApiError as exc:
+            return str(exc.status)
+        except self._transport_errors as exc:
             return type(exc).__name__
-        await r.aread()
-        return str(r.status_code)
+        return "200"
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.api.aclose()
 
 
 class GrpcClient:
-    """CompareFaces over grpc.aio with the bearer token in the ``authorization`` metadata."""
+    """CompareFaces with the typed client (facerec_client.AsyncGrpcClient); the token travels as metadata."""
 
     def __init__(self, target: str, token: str, pairs: list[Pair], timeout: float) -> None:
         import grpc
+        from facerec_client import NO_RETRY, AsyncGrpcClient
 
-        from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-        from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-
-        self.pb, self.pairs, self.timeout = pb, pairs, timeout
-        limit = 64 * 1024 * 1024
-        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", limit),
-                                                                  ("grpc.max_receive_message_length", limit)])
-        self.stub = pb_grpc.FaceRecognitionStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.pairs = pairs
+        self.api = AsyncGrpcClient(target, token, timeout=timeout, retry=NO_RETRY)
         self._error = grpc.aio.AioRpcError
 
     async def send(self, i: int) -> str:
+        from facerec_client import ApiError
+
         p = self.pairs[i % len(self.pairs)]
-        req = self.pb.CompareFacesRequest(channel="OTHER", reference=f"bench-{i}", file1=p.a.data, file2=p.b.data)
         try:
-            await self.stub.CompareFaces(req, metadata=self.metadata, timeout=self.timeout)
+            await self.api.compare(p.a.data, p.b.data, channel="OTHER", reference=f"bench-{i}")
+        except ApiError as exc:
+            return str(exc.grpc_code)
         except self._error as exc:
             return str(exc.code().name)
         return "OK"
 
     async def aclose(self) -> None:
-        await self.channel.close()
+        await self.api.aclose()
 
 
 # ----------------------------------------------------------------------------------------------- load shapes
@@ -314,7 +319,7 @@ def resolve_token(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                 formatter_class=HelpFormatter, epilog=__doc__)
     ap.add_argument("--protocol", choices=("http", "grpc", "both"), default="http")
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP base URL (also used for /metrics)")
     ap.add_argument("--grpc-target", help="host:port of the gRPC server (default: the URL's host, port 50051)")

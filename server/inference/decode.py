@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from server import tracing
 from server.errors import ImageTooLarge, UnsupportedImage
 
 # Pillow's own names; MPO is what cameras write for JPEGs with an embedded preview.
@@ -25,6 +26,7 @@ class DecodeLimits:
     max_side: int = 20_000
 
 
+@tracing.traced("decode", lambda data, *_, **kw: {"bytes": len(data), "field": str(kw.get("field"))})
 def decode_image(data: bytes, limits: DecodeLimits, *, field: str | None = None) -> npt.NDArray[np.uint8]:
     """Decode ``data`` into an upright RGB ``(H, W, 3)`` uint8 array.
 

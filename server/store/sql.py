@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import InstrumentedAttribute
 
-from server import errors
+from server import errors, tracing
 from server.domain import MAX_REFERENCE, SORTABLE_FIELDS, Channel, CompareResult, Page, Scan, ScanQuery, ScanUpdate
 from server.store import migrate
 from server.store.models import ScanRow, row_from_scan, scan_from_row
@@ -228,6 +228,7 @@ class SqlScanStore:
             return False
         return True
 
+    @tracing.traced("store.add")
     async def add(self, scan: Scan) -> None:
         _validate(scan)
         async with self._session() as session:
@@ -244,10 +245,12 @@ class SqlScanStore:
             raise errors.NotFound("scan not found")
         return row
 
+    @tracing.traced("store.get")
     async def get(self, company_id: str, scan_id: uuid.UUID) -> Scan:
         async with self._session() as session:
             return scan_from_row(await self._row(session, company_id, scan_id, lock=False))
 
+    @tracing.traced("store.update")
     async def update(
         self, company_id: str, scan_id: uuid.UUID, change: ScanUpdate, user_id: str, now: datetime
     ) -> Scan:
@@ -269,6 +272,7 @@ class SqlScanStore:
             await session.flush()
             return scan_from_row(row)
 
+    @tracing.traced("store.page")
     async def page(self, company_id: str, query: ScanQuery) -> Page:
         if query.page < 0:
             raise errors.InvalidField("page must be >= 0", field="page")
@@ -289,6 +293,7 @@ class SqlScanStore:
             content = [scan_from_row(row) for row in rows]
         return Page(content=content, total=int(total), page=query.page, size=query.size)
 
+    @tracing.traced("store.delete")
     async def delete(self, company_id: str, scan_id: uuid.UUID) -> None:
         stmt = delete(ScanRow).where(ScanRow.id == scan_id, ScanRow.company_id == company_id)
         async with self._session() as session:

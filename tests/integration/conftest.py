@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from harness import Harness, new_schema, pg_exec, pg_url, postgres_dsn, serve
+from harness import Harness, base_settings, new_schema, pg_exec, pg_url, postgres_dsn, serve
 
 from server.inference.backend import InferenceBackend
-from server.settings import PROJECT_ROOT, Settings
+from server.settings import Settings
 from server.store import create_store
 
 ServeFactory = Callable[..., contextlib.AbstractAsyncContextManager[Harness]]
@@ -41,12 +41,6 @@ def image_bytes(faces_dir: Path) -> Callable[[str], bytes]:
         return cache[name]
 
     return read
-
-
-def base_settings(data_dir: Path, **changes: Any) -> Settings:
-    # Batch size 16 explicitly: on CPU the default is 1, and these tests check that batches do form.
-    return Settings(data_dir=data_dir, model_repository=PROJECT_ROOT / "model_repository", device="cpu",
-                    max_batch_size=16, grpc_port=0, max_wait_ms=5.0).replace(**changes)
 
 
 @dataclass(frozen=True)

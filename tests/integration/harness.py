@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,7 +38,7 @@ from server.inference.backend import InferenceBackend, ModelSpec
 from server.inference.batcher import Batcher
 from server.runtime import Runtime
 from server.service import ScanService
-from server.settings import Settings
+from server.settings import PROJECT_ROOT, Settings
 from server.store import ScanStore
 from tooling.wait import wait_until
 
@@ -52,6 +53,13 @@ LOCAL_CPU = {"FACEREC_BACKEND": "onnxruntime", "FACEREC_DEVICE": "cpu"}
 # Bound of every wait on the served app: far above any expected wait (a compare is ~0.1-1 s here), so a 10x
 # slower, loaded machine still passes and only a hang fails.
 WAIT_S = 60.0
+
+
+def base_settings(data_dir: Path, **changes: Any) -> Settings:
+    """Settings of a served test runtime: CPU models of the checkout, SQLite in ``data_dir``, gRPC off."""
+    # Batch size 16 explicitly: on CPU the default is 1, and these tests check that batches do form.
+    return Settings(data_dir=data_dir, model_repository=PROJECT_ROOT / "model_repository", device="cpu",
+                    max_batch_size=16, grpc_port=0, max_wait_ms=5.0).replace(**changes)
 
 
 # --------------------------------------------------------------------------- the backend gate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, head, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -16,10 +16,12 @@ from server.api.http.openapi import (
     ENTITY_RESPONSES,
     GET_SCAN,
     LIST_RESPONSES,
+    LIST_SCANS,
     READY_RESPONSES,
     UPDATE_RESPONSES,
     UPDATE_SCAN,
     CompareFormOperation,
+    compare_operation_id,
 )
 from server.api.query import build_query
 from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdateIn
@@ -39,7 +41,7 @@ class CompareController(Controller):
     tags = ("compare",)
 
     @post(COMPARE_PATHS, status_code=200, responses=COMPARE_RESPONSES, operation_class=CompareFormOperation,
-          summary="Compare the faces in two images",
+          operation_id=compare_operation_id, summary="Compare the faces in two images",
           description="Needs role `face:compare`. Content types of the files are not trusted: decoding "
           "decides whether a file is a supported image.")
     async def compare_face(self, request: Request[Any, Any, Any], principal: Caller,
@@ -74,7 +76,7 @@ class ScanController(Controller):
         return ScanEntity.of(await service.update(principal, scan_id, change))
 
     @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)",
-         operation_id="listScans")
+         operation_id=LIST_SCANS)
     async def list_scans(
         self, *, principal: Caller, service: Service,
         page: Annotated[int, QueryParameter(description="0-based page number")] = 0,
@@ -101,12 +103,17 @@ class HealthController(Controller):
 
     tags = ("operations",)
 
-    @get("/health/live", summary="The process is running")
+    @get("/health/live", summary="The process is running", operation_id="getLiveness")
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    # HEAD: load balancers and uptime checkers often probe with HEAD; same status, no body.
+    @head("/health/live", summary="The process is running (no body)", operation_id="headLiveness")
+    async def live_head(self) -> None:
+        return None
+
     @get("/health/ready", summary="Models loaded and the store answering (503 otherwise)",
-         responses=READY_RESPONSES)
+         responses=READY_RESPONSES, operation_id="getReadiness")
     async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         components, reasons = await request.app.state.runtime.readiness_report()
         ok = all(components.values())
@@ -115,7 +122,13 @@ class HealthController(Controller):
             body["reasons"] = reasons  # why each failing component fails (no paths, no SQL)
         return Response(body, status_code=200 if ok else 503)
 
-    @get("/metrics", summary="Prometheus exposition", media_type="text/plain")
+    @head("/health/ready", summary="Readiness as a status code only (200 or 503)", operation_id="headReadiness",
+          responses=READY_RESPONSES)
+    async def ready_head(self, request: Request[Any, Any, Any]) -> Response[None]:
+        components, _ = await request.app.state.runtime.readiness_report()
+        return Response(None, status_code=200 if all(components.values()) else 503)
+
+    @get("/metrics", summary="Prometheus exposition", media_type="text/plain", operation_id="getMetrics")
     async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         body, content_type = request.app.state.runtime.metrics.render()
         return Response(body, media_type=content_type)

@@ -1,5 +1,6 @@
-"""Per-request context: the X-Request-ID header (echoed, and put in log records), the access log, the latency
-metric, and the security headers every response carries."""
+"""Per-request context: the X-Request-ID header (echoed, and put in log records), the W3C trace context
+(``traceparent`` accepted and sent back), the access log, the latency metric, and the security headers every
+response carries."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import re
 import time
 import uuid
 from collections.abc import MutableMapping
-from contextvars import ContextVar
 from typing import Any, cast
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import tracing
+from server.api.http.docs import DOCS_CSP, DOCS_PATHS
+from server.logs import ContextFilter, request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
 # Sent on every response (added where a handler did not set its own): no MIME sniffing, no referrer leaking
@@ -29,7 +33,8 @@ _STATE_KEY = "request_id"
 # Echoed into headers and logs, so only a short, inert alphabet is accepted from callers.
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware", "RequestIdLogFilter", "add_security_headers",
+           "request_id_of", "request_id_var"]
 
 
 def request_id_of(scope: Scope | MutableMapping[str, Any]) -> str:
@@ -49,21 +54,32 @@ def request_id_of(scope: Scope | MutableMapping[str, Any]) -> str:
     return rid
 
 
-class RequestIdLogFilter(logging.Filter):
-    """Adds ``request_id`` to every log record ("-" outside a request) so formats may print it."""
+# Adds request_id and trace_id to every log record (kept under its old name for callers).
+RequestIdLogFilter = ContextFilter
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get() or "-"
-        return True
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+# API responses are data, never a document: nothing may load or frame them. The docs page gets its own policy
+# (same origin only: its assets are served by the app, so no CDN is ever contacted).
+API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:
-    """Litestar ``before_send`` hook: :data:`SECURITY_HEADERS` on every HTTP response, routed or not."""
+    """Litestar ``before_send`` hook: :data:`SECURITY_HEADERS` and a CSP on every HTTP response, routed or not."""
     if message["type"] != "http.response.start":
         return
     headers = list(message.get("headers", ()))
     present = {name.lower() for name, _ in headers}
     headers += [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+    if b"content-security-policy" not in present:
+        docs = scope.get("path", "") in DOCS_PATHS
+        headers.append((b"content-security-policy", DOCS_CSP.encode() if docs else API_CSP))
     message["headers"] = headers
 
 
@@ -77,30 +93,38 @@ class RequestContextMiddleware(ASGIMiddleware):
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
+        method = str(scope.get("method", ""))
+        parent = tracing.parse_traceparent(_header(scope, tracing.TRACEPARENT.encode()))
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", ()))
-                # Error responses already carry the id (the problem handler also serves unrouted requests).
-                if not any(k.lower() == REQUEST_ID_HEADER.encode() for k, _ in headers):
-                    headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
+        with tracing.request_span(f"HTTP {method}", parent, {"http.request.method": method}) as trace:
 
-        try:
-            await next_app(scope, receive, send_with_id)
-        finally:
-            # One access record per request, inside its context so it carries the request id. The path has no
-            # query string (filters may hold callers' references) and no header is logged (tokens).
-            access_log.info("%s %s %d %.1f ms", scope.get("method", ""), scope.get("path", ""), status,
-                            (time.perf_counter() - started) * 1000.0)
-            request_id_var.reset(token)
-            runtime = scope["litestar_app"].state.get("runtime")
-            if runtime is not None:
-                # The route template (not the raw path) keeps the label set small: ids never become labels.
-                runtime.metrics.http_request_duration.labels(
-                    method=scope.get("method", ""), route=scope.get("path_template") or "unmatched",
-                    status=str(status),
-                ).observe(time.perf_counter() - started)
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = list(message.get("headers", ()))
+                    # Error responses already carry the id (the problem handler also serves unrouted requests).
+                    if not any(k.lower() == REQUEST_ID_HEADER.encode() for k, _ in headers):
+                        headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
+                    headers.append((tracing.TRACEPARENT.encode(), trace.traceparent.encode()))
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            try:
+                await next_app(scope, receive, send_with_id)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = scope.get("path_template") or "unmatched"
+                tracing.set_attribute("http.route", route)
+                tracing.set_attribute("http.response.status_code", status)
+                # One access record per request, inside its context so it carries the request and trace ids.
+                # The path has no query string (filters may hold callers' references) and no header is logged.
+                access_log.info("%s %s %d %.1f ms", method, scope.get("path", ""), status, elapsed * 1000.0,
+                                extra={"method": method, "path": scope.get("path", ""), "route": route,
+                                       "status": status, "duration_ms": round(elapsed * 1000.0, 3)})
+                request_id_var.reset(token)
+                runtime = scope["litestar_app"].state.get("runtime")
+                if runtime is not None:
+                    # The route template (not the raw path) keeps the label set small: ids never become labels.
+                    runtime.metrics.http_request_duration.labels(method=method, route=route,
+                                                                 status=str(status)).observe(elapsed)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     Example,
@@ -17,73 +21,109 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
+from litestar.types import Method
+from litestar.types.internal_types import PathParameterDefinition
 
 from server.api.http.problems import PROBLEM_MEDIA_TYPE
 from server.api.schemas import CompareResponse, Problem, ScanEntity
-from server.domain import MAX_REFERENCE
+from server.domain import MAX_REFERENCE, Channel, CompareResult
+from server.errors import (
+    FacerecError,
+    Forbidden,
+    InvalidField,
+    NoFace,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedImage,
+)
 
-# Operation ids the compare response links to (OpenAPI links: clients and fuzzers can follow create -> read).
+# Stable operation ids (generated clients name their methods after them); the compare response links to the
+# scan operations (OpenAPI links: clients and fuzzers can follow create -> read).
+COMPARE_FACES, LIST_SCANS = "compareFaces", "listScans"
 GET_SCAN, UPDATE_SCAN, DELETE_SCAN = "getScan", "updateScan", "deleteScan"
 
-_FACE: dict[str, Any] = {
-    "x1": 212, "y1": 148, "x2": 398, "y2": 372,
-    "landmark_68": [{"x": 220.4, "y": 231.9}, "... 68 points in iBUG-68 order ..."],
-    "eye_dist": 78.3, "face_luminance": 131.2, "face_occlusion": 0.04, "face_quality": 0.91,
-    "left_eye_closed": 0.05, "right_eye_closed": 0.06, "mouth_opened": 0.02,
-    "pitch": -3.1, "yaw": 4.7, "roll": 1.2, "faces_found": 1, "detection_score": 0.93,
-}
-COMPARE_EXAMPLE: dict[str, Any] = {
-    "id": "8c5b2a52-4a51-4f7e-9d7c-6d1f3d1f0b3e", "reference": "0002", "channel": "WEB",
-    "compare_result": "Same person", "compare_similarity": 0.838, "created": "2024-05-01T12:12:06.090098",
-    "face1": _FACE, "face2": _FACE,
-}
+# A real response (the first two shared Obama photos through the shipped pipeline; values rounded), so every
+# example is complete and valid: 68 landmark points, plausible attributes.
+COMPARE_EXAMPLE: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "examples" / "compare_response.json").read_text())
+_FACE: dict[str, Any] = COMPARE_EXAMPLE["face1"]
 ENTITY_EXAMPLE: dict[str, Any] = {
-    "id": COMPARE_EXAMPLE["id"], "companyId": "ACME", "createdDate": "2024-05-01T12:12:06.090098",
-    "updatedDate": None, "createdById": "alice", "updatedById": None, "elapsedTime": 0.112,
-    "compareResult": "Same person", "compareSimilarity": 0.838, "salesChannel": "WEB", "reference": "0002",
-    "face1": _FACE, "face2": _FACE,
+    "id": COMPARE_EXAMPLE["id"], "companyId": "ACME", "createdDate": COMPARE_EXAMPLE["created"],
+    "updatedDate": "2024-05-02T08:30:00.000000", "createdById": "alice", "updatedById": "bob",
+    "elapsedTime": 0.112, "compareResult": COMPARE_EXAMPLE["compare_result"],
+    "compareSimilarity": COMPARE_EXAMPLE["compare_similarity"], "salesChannel": COMPARE_EXAMPLE["channel"],
+    "reference": COMPARE_EXAMPLE["reference"], "face1": COMPARE_EXAMPLE["face1"], "face2": COMPARE_EXAMPLE["face2"],
 }
-_PROBLEM_EXAMPLE: dict[str, Any] = {
-    "type": "https://facerec.dev/problems/no_face", "title": "No face found", "status": 422,
-    "code": "no_face",
-    "detail": "no face found in file2", "field": "file2", "instance": "/v1/compare_face",
-    "request_id": "5f0c8e1d2b7a4c3e9f1a2b3c4d5e6f70",
+_EXAMPLE_REQUEST_ID = "5f0c8e1d2b7a4c3e9f1a2b3c4d5e6f70"
+
+# One example per status, made from the error taxonomy itself (so codes and titles cannot drift): what a client
+# really receives, instead of one 422 example under every status.
+_STATUS_EXAMPLES: dict[int, tuple[FacerecError, str]] = {
+    400: (InvalidField(f"reference must be 1-{MAX_REFERENCE} characters", field="reference"),
+          "/v1/compare_face"),
+    401: (Unauthorized("token expired"), "/v1/face-recognition"),
+    403: (Forbidden("missing role face:compare"), "/v1/compare_face"),
+    404: (NotFound("scan not found"), "/v1/face-recognition/8c5b2a52-4a51-4f7e-9d7c-6d1f3d1f0b3e"),
+    413: (PayloadTooLarge("file1 is over the 10485760 byte limit", field="file1"), "/v1/compare_face"),
+    415: (UnsupportedImage("file2 is not a supported image (JPEG, PNG, WebP, BMP)", field="file2"),
+          "/v1/compare_face"),
+    422: (NoFace("no face found in file2", field="file2"), "/v1/compare_face"),
+    429: (Overloaded("the server is at capacity", retry_after_ms=250), "/v1/compare_face"),
+    503: (Unavailable("database unreachable", retry_after_ms=1000), "/v1/face-recognition"),
 }
 
 
-def problem(description: str) -> ResponseSpec:
-    """An error response documented as problem+json."""
+def problem_example(status: int) -> dict[str, Any]:
+    """The documented problem body of ``status`` (as ``problems.problem_response`` writes it)."""
+    err, instance = _STATUS_EXAMPLES[status]
+    body: dict[str, Any] = {"type": f"https://facerec.dev/problems/{err.code}", "title": err.title,
+                            "status": err.status, "code": err.code, "detail": err.detail}
+    if err.field:
+        body["field"] = err.field
+    body.update(instance=instance, request_id=_EXAMPLE_REQUEST_ID)
+    retry_after_ms = getattr(err, "retry_after_ms", None)
+    if retry_after_ms is not None:
+        body["retry_after_ms"] = retry_after_ms
+    return body
+
+
+def problem(description: str, status: int) -> ResponseSpec:
+    """An error response documented as problem+json, with that status's own example."""
+    example = problem_example(status)
     return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE,
-                        generate_examples=False,
-                        examples=[Example(summary="problem", value=_PROBLEM_EXAMPLE)])
+                        generate_examples=False, examples=[Example(summary=example["code"], value=example)])
 
 
 COMMON_ERRORS: dict[int, ResponseSpec] = {
-    400: problem("Malformed request or field (`invalid_field`, `invalid_id`, `missing_field`, ...)"),
-    401: problem("Missing or invalid bearer token"),
-    403: problem("The token lacks the required role"),
+    400: problem("Malformed request or field (`invalid_field`, `invalid_id`, `missing_field`, ...)", 400),
+    401: problem("Missing or invalid bearer token", 401),
+    403: problem("The token lacks the required role", 403),
 }
 COMPARE_RESPONSES: dict[int, ResponseSpec] = {
     200: ResponseSpec(data_container=CompareResponse, description="The stored scan (snake_case)",
                       generate_examples=False,
                       examples=[Example(summary="same person", value=COMPARE_EXAMPLE)]),
     **COMMON_ERRORS,
-    413: problem("A file or the whole request is over its size limit"),
-    415: problem("A file is not a supported image (JPEG, PNG, WebP, BMP)"),
-    422: problem("No face found; `field` names file1 or file2"),
-    429: problem("Overloaded; retry after `Retry-After` seconds"),
-    503: problem("Temporarily unavailable; retry after `Retry-After` seconds"),
+    413: problem("A file or the whole request is over its size limit", 413),
+    415: problem("A file is not a supported image (JPEG, PNG, WebP, BMP)", 415),
+    422: problem("No face found; `field` names file1 or file2", 422),
+    429: problem("Overloaded; retry after `Retry-After` seconds", 429),
+    503: problem("Temporarily unavailable; retry after `Retry-After` seconds", 503),
 }
 ENTITY_RESPONSES: dict[int, ResponseSpec] = {
     200: ResponseSpec(data_container=ScanEntity, description="The scan (camelCase)", generate_examples=False,
                       examples=[Example(summary="scan", value=ENTITY_EXAMPLE)]),
     **COMMON_ERRORS,
-    404: problem("Unknown id, or another company's scan"),
+    404: problem("Unknown id, or another company's scan", 404),
 }
 # Reads and writes of the store answer 503 while the database is unreachable.
-_STORE_UNAVAILABLE = problem("Temporarily unavailable (e.g. the database); retry after `Retry-After` seconds")
+_STORE_UNAVAILABLE = problem("Temporarily unavailable (e.g. the database); retry after `Retry-After` seconds", 503)
 ENTITY_RESPONSES[503] = _STORE_UNAVAILABLE
-UPDATE_RESPONSES: dict[int, ResponseSpec] = {**ENTITY_RESPONSES, 413: problem("The request body is over the limit")}
+UPDATE_RESPONSES: dict[int, ResponseSpec] = {**ENTITY_RESPONSES,
+                                              413: problem("The request body is over the limit", 413)}
 LIST_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 503: _STORE_UNAVAILABLE}
 DELETE_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 404: ENTITY_RESPONSES[404], 503: _STORE_UNAVAILABLE}
 READY_RESPONSES: dict[int, ResponseSpec] = {
@@ -92,20 +132,31 @@ READY_RESPONSES: dict[int, ResponseSpec] = {
 }
 
 
+CHANNELS = [c.value for c in Channel]
+RESULTS = [r.value for r in CompareResult]
+_IMAGE = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY,
+                description="image file (JPEG, PNG, WebP or BMP; the content type sent is not trusted)")
+# The compare form, one line per field: (name, schema, required). Optional fields (e.g. tuning parameters) are
+# added here with required=False.
+COMPARE_FORM_FIELDS: list[tuple[str, Schema, bool]] = [
+    ("channel", Schema(type=OpenAPIType.STRING, enum=CHANNELS, description="sales channel (case-insensitive)"),
+     True),
+    ("file1", _IMAGE, True),
+    ("file2", _IMAGE, True),
+    ("reference", Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_REFERENCE,
+                         description="caller's own key to find the scan later (contract number, ...), "
+                         f"1-{MAX_REFERENCE} characters, no control characters"), True),
+]
+
+
 @dataclass
 class CompareFormOperation(Operation):
     """The compare form is parsed by hand (limits apply while streaming), so its body is described here."""
 
     def __post_init__(self) -> None:
-        image = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
         schema = Schema(
-            type=OpenAPIType.OBJECT, required=["channel", "file1", "file2", "reference"],
-            properties={
-                "channel": Schema(type=OpenAPIType.STRING, enum=["WEB", "MOBILE", "OTHER"]),
-                "file1": image, "file2": image,
-                "reference": Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_REFERENCE,
-                                    description="caller's own key for the scan"),
-            },
+            type=OpenAPIType.OBJECT, required=[name for name, _, required in COMPARE_FORM_FIELDS if required],
+            properties={name: field for name, field, _ in COMPARE_FORM_FIELDS},
         )
         self.request_body = RequestBody(required=True,
                                         content={"multipart/form-data": OpenAPIMediaType(schema)})
@@ -117,3 +168,217 @@ class CompareFormOperation(Operation):
                 "UpdateScan": Link(operation_id=UPDATE_SCAN, parameters=by_id, description="Update it"),
                 "DeleteScan": Link(operation_id=DELETE_SCAN, parameters=by_id, description="Delete it"),
             }
+
+
+def compare_operation_id(handler: HTTPRouteHandler, method: Method,
+                         path: list[str | PathParameterDefinition]) -> str:
+    """``compareFaces`` at ``/v1/compare_face``; ``compareFacesSdk`` at the original service's SDK path.
+
+    operationIds must be unique, and one handler serves both paths.
+    """
+    return "compareFacesSdk" if "face-recognition-sdk" in path else COMPARE_FACES
+
+
+# --------------------------------------------------------------------------- the document, refined
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDoc:
+    """What the generated schema of one wire field lacks: a description, a format, a range, an enum."""
+
+    description: str
+    format: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    enum: tuple[str, ...] | None = None
+    items: int | None = None  # exact length of an array
+    pattern: str | None = None
+
+
+_PIXELS = "pixels of the original image after EXIF orientation (x to the right, y down)"
+_UTC = "UTC, ISO 8601 without offset, microseconds always present (the original service's format)"
+# The contract's timestamps have no offset, so they are not RFC 3339 `date-time` values (validators reject them):
+# they are documented by this pattern instead, and read as UTC.
+_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}$"
+# Every property of the wire schemas, by snake_case name (camelCase names map to the same entry). Wording from
+# the README's field table; tests/unit/api/test_openapi.py fails when a new wire field has no line here.
+FIELD_DOCS: dict[str, FieldDoc] = {
+    # compare response and scan entity
+    "id": FieldDoc("scan id", format="uuid"),
+    "reference": FieldDoc("caller's own key to find the scan later (contract number, ...), "
+                          f"1-{MAX_REFERENCE} characters"),
+    "channel": FieldDoc("sales channel", enum=tuple(CHANNELS)),
+    "sales_channel": FieldDoc("sales channel", enum=tuple(CHANNELS)),
+    "compare_result": FieldDoc("`Same person` when `compare_similarity` reaches the server's threshold "
+                               "(FACEREC_THRESHOLD, default 0.5)", enum=tuple(RESULTS)),
+    "compare_similarity": FieldDoc("calibrated similarity of the two faces, higher = more alike; 0.5 is the "
+                                   "calibrated decision point", minimum=0, maximum=1),
+    "created": FieldDoc(f"when the scan was made: {_UTC}", pattern=_TIMESTAMP),
+    "created_date": FieldDoc(f"when the scan was made: {_UTC}", pattern=_TIMESTAMP),
+    "updated_date": FieldDoc(f"last update, null until the scan is first updated: {_UTC}", pattern=_TIMESTAMP),
+    "company_id": FieldDoc("company (tenant) of the scan, from the token's company claim"),
+    "created_by_id": FieldDoc("user (token `sub`) who made the scan"),
+    "updated_by_id": FieldDoc("user (token `sub`) who last updated the scan, null until then"),
+    "elapsed_time": FieldDoc("seconds spent extracting both faces", minimum=0),
+    "face1": FieldDoc("analysis of the most prominent face of file1"),
+    "face2": FieldDoc("analysis of the most prominent face of file2"),
+    # <Face>
+    "x1": FieldDoc(f"left of the detector box of the compared face, clipped to the image; {_PIXELS}", minimum=0),
+    "y1": FieldDoc(f"top of the detector box; {_PIXELS}", minimum=0),
+    "x2": FieldDoc(f"right of the detector box; {_PIXELS}", minimum=0),
+    "y2": FieldDoc(f"bottom of the detector box; {_PIXELS}", minimum=0),
+    "landmark_68": FieldDoc("68 points in iBUG-300W order (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth "
+                            "48-67); point 0 is on the subject's right (image left for a frontal face)", items=68),
+    "x": FieldDoc(f"x in {_PIXELS}"),
+    "y": FieldDoc(f"y in {_PIXELS}"),
+    "eye_dist": FieldDoc("distance between the two eye centres (means of points 36-41 and 42-47), pixels",
+                         exclusive_minimum=0),
+    "face_luminance": FieldDoc("mean BT.601 luma over the face region (not the whole image)", minimum=0,
+                               maximum=255),
+    "face_occlusion": FieldDoc("estimated occluded fraction of the face (outside the image, or covered)",
+                               minimum=0, maximum=1),
+    "face_quality": FieldDoc("fitness for recognition after OFIQ / ISO/IEC 29794-5 components (size, sharpness, "
+                             "pose, illumination, occlusion, open eyes); 1 = ideal", minimum=0, maximum=1),
+    "left_eye_closed": FieldDoc("the subject's left eye (image right in an unmirrored photo): 1 = closed",
+                                minimum=0, maximum=1),
+    "right_eye_closed": FieldDoc("the subject's right eye (image left in an unmirrored photo): 1 = closed",
+                                 minimum=0, maximum=1),
+    "mouth_opened": FieldDoc("inner-lip gap over the inter-eye distance, 0 at <= 0.03, 1 at >= 0.5", minimum=0,
+                             maximum=1),
+    "pitch": FieldDoc("head pitch in degrees; positive = looking up", minimum=-180, maximum=180),
+    "yaw": FieldDoc("head yaw in degrees; positive = face turned towards the image's right (the subject's left)",
+                    minimum=-180, maximum=180),
+    "roll": FieldDoc("in-plane tilt in degrees; positive = clockwise as displayed", minimum=-180, maximum=180),
+    "faces_found": FieldDoc("(addition) how many faces the detector found in this image", minimum=1),
+    "detection_score": FieldDoc("(addition) detector confidence of this face", minimum=0, maximum=1),
+    # Spring Data page
+    "content": FieldDoc("the scans of this page"),
+    "total_elements": FieldDoc("scans matching the filters, all pages", minimum=0),
+    "total_pages": FieldDoc("pages of `size` scans", minimum=0),
+    "number": FieldDoc("this page's number, 0-based", minimum=0),
+    "size": FieldDoc("requested page size", minimum=1, maximum=200),
+    "number_of_elements": FieldDoc("scans on this page", minimum=0),
+    "first": FieldDoc("whether this is the first page"),
+    "last": FieldDoc("whether this is the last page"),
+    "empty": FieldDoc("whether this page holds no scan"),
+    "sort": FieldDoc("sort description (Spring Data shape)"),
+    "sorted": FieldDoc("whether the page is sorted"),
+    "unsorted": FieldDoc("whether the page is unsorted"),
+    # problem+json (RFC 9457)
+    "type": FieldDoc("URI naming the problem type; ends with `code`"),
+    "title": FieldDoc("short summary of the problem type"),
+    "status": FieldDoc("HTTP status code", minimum=400, maximum=599),
+    "code": FieldDoc("stable machine-readable error code (e.g. `invalid_field`, `unauthorized`, `no_face`, "
+                     "`overloaded`); the same code is sent over gRPC as `facerec-error-code`"),
+    "detail": FieldDoc("explanation for this occurrence, safe to show (never internals)"),
+    "field": FieldDoc("the request field at fault, when there is one (e.g. `file2`)"),
+    "instance": FieldDoc("the request path"),
+    "request_id": FieldDoc("the request's id (also the X-Request-ID header): quote it when reporting a problem"),
+    "retry_after_ms": FieldDoc("429/503 only: milliseconds to wait before retrying (Retry-After rounds up to "
+                               "seconds)", minimum=0),
+}
+# Extension members the generated Problem schema does not know (problems.py merges them into the top level).
+_PROBLEM_EXTENSIONS: dict[str, dict[str, Any]] = {"retry_after_ms": {"type": "integer"}}
+
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {"description": "the request's id: the caller's own when it matches [A-Za-z0-9._-]{1,128}, "
+                     "else a fresh one; also in problem bodies and every log record", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}},
+    "traceparent": {"description": "W3C trace context naming this server's span of the request's trace (the "
+                    "caller's trace id when it sent a valid `traceparent`)",
+                    "schema": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}},
+    "Retry-After": {"description": "seconds to wait before retrying, rounded up (the problem's `retry_after_ms` "
+                    "has milliseconds)", "required": True, "schema": {"type": "integer", "minimum": 1}},
+    "WWW-Authenticate": {"description": "Bearer challenge (RFC 6750)", "required": True,
+                         "schema": {"type": "string"}},
+}
+_STATUS_HEADERS: dict[str, tuple[str, ...]] = {"401": ("WWW-Authenticate",), "403": ("WWW-Authenticate",),
+                                               "429": ("Retry-After",), "503": ("Retry-After",)}
+_PARAMETER_DOCS: dict[str, dict[str, Any]] = {
+    "scan_id": {"description": "scan id (a UUID; anything else is 400 `invalid_id`)", "format": "uuid"},
+    "page": {"minimum": 0},
+    "size": {"minimum": 1, "maximum": 200},
+    "salesChannel": {"enum": CHANNELS, "description": "only scans of this sales channel"},
+    "compareResult": {"enum": RESULTS, "description": "only scans with this result"},
+    "reference": {"description": "only scans with exactly this reference"},
+}
+BEARER_SCHEME = "bearerAuth"
+OIDC_SCHEME = "oidc"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _apply(prop: dict[str, Any], doc: FieldDoc) -> None:
+    prop["description"] = doc.description
+    branches = [b for b in prop.get("oneOf", [prop]) if b.get("type") != "null"]
+    for branch in branches:
+        if "$ref" in branch:
+            continue
+        for key, value in (("format", doc.format), ("minimum", doc.minimum), ("maximum", doc.maximum),
+                           ("exclusiveMinimum", doc.exclusive_minimum), ("pattern", doc.pattern)):
+            if value is not None:
+                branch[key] = value
+        if doc.enum is not None:
+            branch["enum"] = list(doc.enum)
+        if doc.items is not None:
+            branch["minItems"] = branch["maxItems"] = doc.items
+
+
+def undocumented_properties(doc: dict[str, Any]) -> list[str]:
+    """``Schema.property`` of every wire field without a :data:`FIELD_DOCS` line (enum schemas aside)."""
+    missing = []
+    for name, schema in doc.get("components", {}).get("schemas", {}).items():
+        for prop in schema.get("properties", {}):
+            if _snake(prop) not in FIELD_DOCS:
+                missing.append(f"{name}.{prop}")
+    return missing
+
+
+def refine_openapi(doc: dict[str, Any], *, auth_issuer: str | None) -> None:
+    """Add what Litestar cannot infer to the generated document, in place.
+
+    Bearer security (plus OpenID Connect discovery when an issuer is configured) on every operation that can
+    answer 401; field descriptions, formats, ranges and enums from :data:`FIELD_DOCS`; the ``X-Request-ID``,
+    ``traceparent``, ``Retry-After`` and ``WWW-Authenticate`` response headers; parameter ranges and enums.
+    """
+    components = doc.setdefault("components", {})
+    schemes: dict[str, Any] = {BEARER_SCHEME: {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "OIDC access token (JWT) from the configured issuer, or from `facerec token` when the "
+                       "server runs its local issuer. Roles: face:compare, face:read, face:update, face:delete.",
+    }}
+    if auth_issuer:
+        schemes[OIDC_SCHEME] = {"type": "openIdConnect", "description": "the configured OIDC issuer",
+                                "openIdConnectUrl": auth_issuer.rstrip("/") + "/.well-known/openid-configuration"}
+    components["securitySchemes"] = schemes
+    components["headers"] = _HEADERS
+    for schema in components.get("schemas", {}).values():
+        props = schema.get("properties", {})
+        if schema.get("title") == "Problem":
+            props.pop("extra", None)
+            props.update({k: dict(v) for k, v in _PROBLEM_EXTENSIONS.items()})
+        for prop_name, prop in props.items():
+            field_doc = FIELD_DOCS.get(_snake(prop_name))
+            if field_doc is not None:
+                _apply(prop, field_doc)
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            for param in operation.get("parameters", []):
+                extra = _PARAMETER_DOCS.get(param.get("name", ""))
+                if extra:
+                    target = param["schema"]
+                    branches = [b for b in target.get("oneOf", [target]) if b.get("type") != "null"]
+                    for branch in branches:
+                        branch.update({k: v for k, v in extra.items() if k != "description"})
+                    if "description" in extra:
+                        param["description"] = extra["description"]
+            if "401" in operation["responses"]:
+                operation["security"] = [{BEARER_SCHEME: []}] + ([{OIDC_SCHEME: []}] if auth_issuer else [])
+            for status, response in operation["responses"].items():
+                names = ("X-Request-ID", "traceparent", *_STATUS_HEADERS.get(status, ()))
+                response["headers"] = {n: {"$ref": f"#/components/headers/{n}"} for n in names}

@@ -1,0 +1,140 @@
+"""Real headless Chromium for page tests: Debian's ``chromium`` driven by Playwright, with the outside world cut off.
+
+Reusable pieces (other page tests build on them):
+
+- ``chromium_path``: ``/usr/bin/chromium``; installed with ``apt-get install -y chromium`` by this set-up when it
+  is missing and the tests run as root (CI does), else the tests skip saying why. Playwright's own browser
+  download (``playwright install``) is never used: it cannot run on an offline machine.
+- ``serve_app(app)``: serves a Litestar app with uvicorn in a background thread on a free loopback port and
+  returns its base URL (stopped at the end of the test).
+- ``page``: a fresh browser page whose every request to a host other than loopback is aborted; the aborted URLs
+  are in ``page.blocked`` so a test can assert that nothing tried to leave the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
+
+CHROMIUM = "/usr/bin/chromium"
+# As root in a container Chromium needs --no-sandbox; the rest keep it from calling home (this machine's closed
+# network refuses those connections, and each refusal slows start-up) and from using a GPU it does not have.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+APT_TIMEOUT_S = 900  # a first install downloads ~100 MB of Debian packages
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium; None when done, else why it could not be."""
+    if os.geteuid() != 0:
+        return "not root, so `apt-get install chromium` cannot run"
+    if shutil.which("apt-get") is None:
+        return "no apt-get on this machine"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False)
+    if proc.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=APT_TIMEOUT_S, check=False)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        return f"`apt-get install chromium` failed: {proc.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if not os.path.exists(CHROMIUM):
+        why = _install_chromium()
+        if why is not None or not os.path.exists(CHROMIUM):
+            pytest.skip(f"Debian's chromium is not installed and could not be: {why or 'binary still missing'}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an event loop marked as running in this thread while
+    # it is open, which would break every asyncio test collected after the browser tests.
+    with playwright_sync.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def is_loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme in ("data", "blob", "about"):
+        return True
+    return (parts.hostname or "") in LOOPBACK_HOSTS or (parts.hostname or "").startswith("127.")
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    blocked: list[str] = []
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        if is_loopback(url):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort("blockedbyclient")
+
+    context.route("**/*", guard)
+    pg = context.new_page()
+    pg.blocked = blocked  # type: ignore[attr-defined]
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[[Any], str]]:
+    """``base_url = serve_app(app)``: uvicorn serving ``app`` on 127.0.0.1 in a thread until the test ends."""
+    import uvicorn
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(app: Any, *, lifespan: str = "auto") -> str:
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan=lifespan,
+                                access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+        thread.start()
+        # Started is set once the socket listens; 60 s covers a lifespan that loads the models on a busy machine.
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on port {port}")
+            time.sleep(0.05)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        with contextlib.suppress(RuntimeError):
+            thread.join(timeout=30)
