@@ -15,8 +15,9 @@ import onnxruntime as ort
 from server.analysis.calibration import ScoreCalibration
 from server.auth import LocalIssuer, TokenVerifier
 from server.errors import Unavailable
-from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec, load_spec
+from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec
 from server.inference.batcher import Batcher
+from server.inference.model_config import load_spec
 from server.inference.pipeline import FacePipeline, PipelineConfig
 from server.metrics import Metrics
 from server.settings import Settings
@@ -207,7 +208,8 @@ async def create_backend(settings: Settings) -> InferenceBackend:
 
     return await asyncio.to_thread(
         OnnxRuntimeBackend, settings.model_repository, device=settings.device,
-        intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads)
+        intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
+        precision=settings.precision)
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ PROJECT_ROOT = PACKAGE_ROOT.parent
 
 Backend = Literal["onnxruntime", "triton"]
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "int8"]
 
 
 def _default_data_dir() -> Path:
@@ -41,6 +42,7 @@ class Settings:
     model_cache_dir: Path = field(default_factory=_default_cache_dir)
     backend: Backend = "onnxruntime"
     device: Device = "auto"
+    precision: Precision = "auto"  # auto -> int8 embedder on a VNNI CPU with onnxruntime's CPU provider, else fp32
     triton_url: str = "127.0.0.1:8001"
     ort_intra_threads: int = 0  # 0 -> auto: the cores shared out between the three model sessions
     ort_inter_threads: int = 1
@@ -87,6 +89,9 @@ class Settings:
         checks = [
             (self.backend in ("onnxruntime", "triton"), "FACEREC_BACKEND must be onnxruntime or triton"),
             (self.device in ("auto", "cpu", "cuda"), "FACEREC_DEVICE must be auto, cpu or cuda"),
+            (self.precision in ("auto", "fp32", "int8"), "FACEREC_PRECISION must be auto, fp32 or int8"),
+            (not (self.precision == "int8" and self.backend == "triton"),
+             "FACEREC_PRECISION=int8 needs FACEREC_BACKEND=onnxruntime (Triton serves the fp32 models)"),
             (self.detector_size >= 64 and self.detector_size % 32 == 0,
              "FACEREC_DETECTOR_SIZE must be a multiple of 32, at least 64"),
             (0.0 <= self.threshold <= 1.0, "FACEREC_THRESHOLD must be within 0..1"),
