@@ -143,8 +143,9 @@ def build_model_repository(
             found = sha256_file(path) if path.is_file() else None
             if not force and found is not None and found == expected:
                 log(f"{label}: up to date ({found[:12]})")
-                if artifact.filename not in files or files[artifact.filename].get("sha256") != found:
-                    # Up to date against the pin with no manifest record (e.g. the manifest was deleted).
+                record = files.get(artifact.filename, {})
+                if record.get("sha256") != found or record.get("inputs_sha256") != inputs_sha256(artifact):
+                    # Up to date against the pin with no (current) manifest record, e.g. the manifest was deleted.
                     files[artifact.filename] = _file_record(artifact, found, None)
                     changed = True
                 result[path] = found
