@@ -17,8 +17,9 @@ Resolved = Literal["fp32", "int8"]
 
 MODEL_FILES: dict[Resolved, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
-# Models built in int8 as well (server/modelrepo/embedder.py). The detector and landmarker stay fp32: their
-# share of the CPU time is small and their outputs (boxes, 468 points) feed every attribute.
+# Models built in int8 as well (server/modelrepo/embedder.py). The detector and landmarker stay fp32: the same
+# int8 pass made both slower on CPU (small convolutions, so the quantize/dequantize around their float element-wise
+# ops costs more than int8 saves; README "Precision") and their outputs (boxes, 468 points) feed every attribute.
 INT8_MODELS = frozenset({"embedder"})
 
 # x86 CPU flags of 8-bit dot-product instructions. Without them onnxruntime's u8s8 kernels can saturate
