@@ -7,6 +7,7 @@ Every stage works on a batch; CPU-bound pre/post-processing runs off the event l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,12 +18,16 @@ from server.analysis.attributes import FaceGeometry, analyze_faces
 from server.analysis.calibration import ScoreCalibration
 from server.domain import CompareResult, Comparison, FaceAnalysis
 from server.inference.backend import ModelSpec
-from server.inference.models.detector import Detection, Detector, most_prominent
+from server.inference.models.detector import ORIENTATIONS, Detection, Detector, Placement, most_prominent
 from server.inference.models.embedder import Embedder
 from server.inference.models.landmarker import Landmarker
 from server.inference.models.mesh68 import mesh_to_68
 
 NDF = npt.NDArray[np.float32]
+
+# Detector rows one image can cost at most: the first pass plus, only when it finds nothing or a face that may not be
+# upright, one fallback batch of the four orientations (padded). The batchers' queue bounds derive from this.
+DETECTOR_ROWS_PER_IMAGE = 1 + len(ORIENTATIONS)
 
 
 class InferenceRunner(Protocol):
@@ -37,16 +42,33 @@ class InferenceRunner(Protocol):
 class PipelineConfig:
     """Knobs of the pipeline (taken from Settings by the runtime)."""
 
-    detector_size: int = 640
+    detector_size: int = 640  # the largest detector canvas; smaller photos run on smaller buckets, never upscaled
     detector_score_threshold: float = 0.75
+    # A first-pass face scoring below this may be rotated (YuNet still finds upside-down faces, at 0.75-0.9, with
+    # keypoints drawn as if upright): the four orientations are then tried and the best-scoring one kept.
+    upright_score: float = 0.9
+    fallback_pad: float = 0.25  # margin (x the long side) of the fallback passes: frame-filling faces need context
     min_face_px: int = 24
     refine_landmarks: bool = True  # re-run FaceMesh on ROIs re-centred and re-levelled from the previous mesh
     # YuNet's eye points under-read roll (about 9 deg for a 30 deg tilt) and each FaceMesh pass closes only about
     # half of the remaining tilt, so one refinement leaves up to ~6 deg of roll error at 30 deg; two leave < 1 deg.
     refine_passes: int = 2
+    # Faces tilted ~45 degrees off the nearest quarter turn need a third pass to read roll within 1 degree.
+    extra_refine_passes: int = 2
+    converged_roll_deg: float = 1.0
     align_on_mesh: bool = True  # 5 alignment points from the mesh (finer) rather than the detector's keypoints
     flip_embedding: bool = False  # sum with the mirror image's embedding: no gain on LFW-dev, twice the cost
     threshold: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """The face picked in one image: detection in original-image pixels, how many faces its pass found, and the
+    clockwise rotation (0/90/180/270) that made it upright for the detector."""
+
+    detection: Detection
+    faces_found: int
+    orientation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +93,55 @@ class FacePipeline:
         self.calibration = calibration or ScoreCalibration()
 
     async def detect(self, images: list[npt.NDArray[np.uint8]]) -> list[list[Detection]]:
-        """All faces per image, best score first."""
-        batch, scales = await asyncio.to_thread(self.detector.preprocess, images)
-        out = await self.runner.infer(self.detector.name, {"input": batch})
-        sizes = [img.shape[:2] for img in images]
-        return await asyncio.to_thread(self.detector.postprocess, out, scales, sizes)
+        """All faces per image found by the first (upright, own-size) pass, best score first."""
+        return await self._detect(images, [self.detector.place(img) for img in images])
+
+    async def _detect(self, images: list[npt.NDArray[np.uint8]], placements: list[Placement]
+                      ) -> list[list[Detection]]:
+        """Detections for each (image, placement); one detector call per canvas size, all sizes concurrently."""
+        groups: dict[int, list[int]] = {}
+        for j, p in enumerate(placements):
+            groups.setdefault(p.size, []).append(j)
+
+        async def run(members: list[int]) -> list[list[Detection]]:
+            imgs, pls = [images[j] for j in members], [placements[j] for j in members]
+            batch = await asyncio.to_thread(self.detector.preprocess_placed, imgs, pls)
+            out = await self.runner.infer(self.detector.name, {"input": batch})
+            return await asyncio.to_thread(self.detector.postprocess_placed, out, pls)
+
+        found = await asyncio.gather(*(run(m) for m in groups.values()))
+        results: list[list[Detection]] = [[] for _ in placements]
+        for members, dets in zip(groups.values(), found, strict=True):
+            for j, d in zip(members, dets, strict=True):
+                results[j] = d
+        return results
+
+    async def detect_faces(self, images: list[npt.NDArray[np.uint8]]) -> list[Chosen | None]:
+        """The face to compare in each image (``None``: no face in any orientation).
+
+        First pass: each photo at its own size (bucketed canvas, never upscaled). Only for images where it finds
+        nothing, or a face scoring under ``upright_score``, a fallback batch runs the photo padded at 0/90/180/270
+        degrees; the candidate whose chosen face scores best wins. Coordinates stay in the original image.
+        """
+        first = await self.detect(images)
+        chosen = [_choose(d, img.shape[:2], 0) for d, img in zip(first, images, strict=True)]
+        retry = [i for i, c in enumerate(chosen) if c is None or c.detection.score < self.config.upright_score]
+        if not retry:
+            return chosen
+        jobs = [(i, rot) for i in retry for rot in ORIENTATIONS]
+        placements = [self.detector.place(images[i], pad=self.config.fallback_pad, rotation=rot) for i, rot in jobs]
+        found = await self._detect([images[i] for i, _ in jobs], placements)
+        for (i, rot), dets in zip(jobs, found, strict=True):
+            cand = _choose(dets, images[i].shape[:2], rot)
+            best = chosen[i]
+            if cand is not None and (best is None or cand.detection.score > best.detection.score):
+                chosen[i] = cand
+        return chosen
 
     async def analyze(self, images: list[npt.NDArray[np.uint8]]) -> list[FaceResult | None]:
         """Analyse the most prominent face of each RGB image; ``None`` where no face was found."""
-        all_dets = await self.detect(images)
-        chosen: list[tuple[int, Detection, int]] = []
-        for i, dets in enumerate(all_dets):
-            if dets:
-                chosen.append((i, dets[most_prominent(dets, images[i].shape[:2])], len(dets)))
+        picked = await self.detect_faces(images)
+        chosen = [(i, c.detection, c.faces_found) for i, c in enumerate(picked) if c is not None]
         results: list[FaceResult | None] = [None] * len(images)
         if not chosen:
             return results
@@ -93,8 +151,8 @@ class FacePipeline:
 
         affines = Landmarker.rois(boxes, kps[:, :2])
         mesh, presence = await self._mesh(images, index, affines)
-        for _ in range(self.config.refine_passes if self.config.refine_landmarks else 0):
-            mesh, presence = await self._mesh(images, index, Landmarker.rois_from_mesh(mesh))
+        if self.config.refine_landmarks:
+            mesh, presence = await self._refine(images, index, mesh, presence)
         pts68 = mesh_to_68(mesh)
 
         points5 = five_points(pts68) if self.config.align_on_mesh else kps
@@ -111,8 +169,29 @@ class FacePipeline:
         ]
         analyses = await asyncio.to_thread(analyze_faces, images, index, geoms, crops)
         for m, (i, _, _) in enumerate(chosen):
-            results[i] = FaceResult(analyses[m], embeddings[m])
+            pick = picked[i]
+            orientation = pick.orientation if pick is not None else 0
+            results[i] = FaceResult(dataclasses.replace(analyses[m], orientation_correction=orientation),
+                                    embeddings[m])
         return results
+
+    async def _refine(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], mesh: NDF,
+                      presence: NDF) -> tuple[NDF, NDF]:
+        """``refine_passes`` FaceMesh passes on re-levelled ROIs, then up to ``extra_refine_passes`` more for the
+        faces whose roll still moved by over ``converged_roll_deg`` in the last pass (strongly tilted faces: YuNet
+        reads about half of a 45-degree tilt, and each pass closes about half of the rest)."""
+        moved = np.full(len(index), np.inf)
+        for k in range(self.config.refine_passes + self.config.extra_refine_passes):
+            todo = (np.arange(len(index)) if k < self.config.refine_passes
+                    else np.flatnonzero(moved > self.config.converged_roll_deg))
+            if not todo.size:
+                break
+            before = _mesh_roll(mesh[todo])
+            new_mesh, new_presence = await self._mesh(images, index[todo], Landmarker.rois_from_mesh(mesh[todo]))
+            mesh, presence = mesh.copy(), presence.copy()
+            mesh[todo], presence[todo] = new_mesh, new_presence
+            moved[todo] = np.abs((_mesh_roll(new_mesh) - before + 180.0) % 360.0 - 180.0)
+        return mesh, presence
 
     async def _mesh(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp],
                     affines: npt.NDArray[np.float64]) -> tuple[NDF, NDF]:
@@ -126,6 +205,19 @@ class FacePipeline:
         similarity = self.calibration.similarity(cosine)
         result = CompareResult.SAME if similarity >= self.config.threshold else CompareResult.DIFFERENT
         return Comparison(cosine=cosine, similarity=similarity, result=result)
+
+
+def _mesh_roll(mesh: NDF) -> npt.NDArray[np.float64]:
+    """In-plane angle (degrees) of the outer eye corners of meshes ``(M, 468, 3)``."""
+    d = mesh[:, 263, :2].astype(np.float64) - mesh[:, 33, :2]
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+
+
+def _choose(dets: list[Detection], size: tuple[int, int], orientation: int) -> Chosen | None:
+    """The most prominent of one pass's detections (``size`` is the original image's (h, w))."""
+    if not dets:
+        return None
+    return Chosen(dets[most_prominent(dets, size)], len(dets), orientation)
 
 
 def five_points(pts68: NDF) -> NDF:

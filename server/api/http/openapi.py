@@ -30,6 +30,7 @@ _FACE: dict[str, Any] = {
     "eye_dist": 78.3, "face_luminance": 131.2, "face_occlusion": 0.04, "face_quality": 0.91,
     "left_eye_closed": 0.05, "right_eye_closed": 0.06, "mouth_opened": 0.02,
     "pitch": -3.1, "yaw": 4.7, "roll": 1.2, "faces_found": 1, "detection_score": 0.93,
+    "orientation_correction": 0,
 }
 COMPARE_EXAMPLE: dict[str, Any] = {
     "id": "8c5b2a52-4a51-4f7e-9d7c-6d1f3d1f0b3e", "reference": "0002", "channel": "WEB",
@@ -69,7 +70,8 @@ COMPARE_RESPONSES: dict[int, ResponseSpec] = {
     **COMMON_ERRORS,
     413: problem("A file or the whole request is over its size limit"),
     415: problem("A file is not a supported image (JPEG, PNG, WebP, BMP)"),
-    422: problem("No face found; `field` names file1 or file2"),
+    422: problem("No face found (`no_face`), or a face that cannot be compared reliably (`face_not_comparable`: "
+                 "turned too far, too small, eyes not visible); `field` names file1 or file2"),
     429: problem("Overloaded; retry after `Retry-After` seconds"),
     503: problem("Temporarily unavailable; retry after `Retry-After` seconds"),
 }
