@@ -165,6 +165,11 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
                           "dlib_auc": (peers["dlib"].get("accuracy") or {}).get("auc"),
                           "dlib_no_face": (peers["dlib"].get("accuracy") or {}).get("failures_no_face"),
                           "facerec_no_face": (peers["facerec"].get("accuracy") or {}).get("failures_no_face")}
+            if "opencv" in peers:  # the bare OpenCV YuNet+SFace loop (throughput target: facerec >= 2x it)
+                s["peers"].update({"opencv_pairs_per_s": peers["opencv"]["pairs_per_s"],
+                                   "ratio_pairs_per_s_opencv": peers["ratio_pairs_per_s_opencv"],
+                                   "opencv_accuracy": (peers["opencv"].get("accuracy") or {}).get("accuracy"),
+                                   "opencv_auc": (peers["opencv"].get("accuracy") or {}).get("auc")})
     peers_faces = load_json(out / "peers_faces.json")
     if peers_faces and "skipped" not in peers_faces:
         s["peers_faces"] = {"pairs": peers_faces["pairs"], "source": peers_faces.get("pairs_source"),

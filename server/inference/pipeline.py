@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,16 +19,32 @@ from server.analysis.attributes import FaceGeometry, analyze_faces
 from server.analysis.calibration import ScoreCalibration
 from server.domain import CompareResult, Comparison, FaceAnalysis
 from server.inference.backend import ModelSpec
-from server.inference.models.detector import ORIENTATIONS, Detection, Detector, Placement, most_prominent
+from server.inference.models.detector import (
+    DIAGONALS,
+    ORIENTATIONS,
+    Detection,
+    Detector,
+    Placement,
+    eye_angle,
+    most_prominent,
+    nearest_centre,
+    place,
+    shifted,
+    square_crop,
+)
 from server.inference.models.embedder import Embedder
 from server.inference.models.landmarker import Landmarker
 from server.inference.models.mesh68 import mesh_to_68
 
 NDF = npt.NDArray[np.float32]
 
-# Detector rows one image can cost at most: the first pass plus, only when it finds nothing or a face that may not be
-# upright, one fallback batch of the four orientations (padded). The batchers' queue bounds derive from this.
-DETECTOR_ROWS_PER_IMAGE = 1 + len(ORIENTATIONS)
+# Detector rows one image can cost at most: the first pass and the two small upright-check rows of a confident face;
+# only when the first pass finds nothing or a face that may not be upright, the four quarter turns (padded) and the
+# four diagonal turns when none of those is confidently upright. The batchers' queue bounds derive from it.
+DETECTOR_ROWS_PER_IMAGE = 1 + 2 + len(ORIENTATIONS) + len(DIAGONALS)
+# Landmarker rows the detection step itself may add per image (the orientation check on close fallback candidates:
+# at most one per candidate), on top of the landmark passes of the chosen face.
+LANDMARKER_CHECK_ROWS_PER_IMAGE = len(ORIENTATIONS) + len(DIAGONALS)
 
 
 class InferenceRunner(Protocol):
@@ -48,6 +65,13 @@ class PipelineConfig:
     # keypoints drawn as if upright): the four orientations are then tried and the best-scoring one kept.
     upright_score: float = 0.9
     fallback_pad: float = 0.25  # margin (x the long side) of the fallback passes: frame-filling faces need context
+    candidate_margin: float = 0.1  # fallback candidates this close to the best score get the FaceMesh check
+    # First-pass faces scoring >= upright_score are checked too: a crop 1.6x the box, levelled by the keypoints'
+    # eye line, is scored as it is and turned half a turn; an upside-down face scores higher turned. Both on a
+    # small canvas (2 x 160x160, about an eighth of a 640x640 pass).
+    upright_check: bool = True
+    upright_check_size: int = 160
+    presence_weight: float = 0.1
     min_face_px: int = 24
     refine_landmarks: bool = True  # re-run FaceMesh on ROIs re-centred and re-levelled from the previous mesh
     # YuNet's eye points under-read roll (about 9 deg for a 30 deg tilt) and each FaceMesh pass closes only about
@@ -119,24 +143,87 @@ class FacePipeline:
     async def detect_faces(self, images: list[npt.NDArray[np.uint8]]) -> list[Chosen | None]:
         """The face to compare in each image (``None``: no face in any orientation).
 
-        First pass: each photo at its own size (bucketed canvas, never upscaled). Only for images where it finds
-        nothing, or a face scoring under ``upright_score``, a fallback batch runs the photo padded at 0/90/180/270
-        degrees; the candidate whose chosen face scores best wins. Coordinates stay in the original image.
+        1. Each photo at its own size (bucketed canvas, never upscaled), upright.
+        2. Only for images where that finds nothing, or a face scoring under ``upright_score`` (an upside-down
+           face still scores 0.75-0.9, with keypoints drawn as if upright): the photo padded, at the four quarter
+           turns, as one batch.
+        3. Only where still no candidate reaches ``upright_score``: the four diagonal turns (a face ~45 degrees
+           off every quarter turn).
+        4. Where candidates from 2-3 score within ``candidate_margin`` of the best, YuNet alone cannot tell an
+           upright reading from an upside-down one: FaceMesh's face-presence score on each candidate's ROI
+           (one landmarker batch) breaks the tie, ranking by ``score + presence_weight * presence``.
+        A face kept from 1 (when confident) gets the upright check (:meth:`_check_upright`).
+        Coordinates stay in the original image.
         """
         first = await self.detect(images)
-        chosen = [_choose(d, img.shape[:2], 0) for d, img in zip(first, images, strict=True)]
-        retry = [i for i, c in enumerate(chosen) if c is None or c.detection.score < self.config.upright_score]
-        if not retry:
-            return chosen
-        jobs = [(i, rot) for i in retry for rot in ORIENTATIONS]
-        placements = [self.detector.place(images[i], pad=self.config.fallback_pad, rotation=rot) for i, rot in jobs]
-        found = await self._detect([images[i] for i, _ in jobs], placements)
-        for (i, rot), dets in zip(jobs, found, strict=True):
-            cand = _choose(dets, images[i].shape[:2], rot)
-            best = chosen[i]
-            if cand is not None and (best is None or cand.detection.score > best.detection.score):
-                chosen[i] = cand
+        chosen: list[Chosen | None] = [_choose(d, img.shape[:2], 0) for d, img in zip(first, images, strict=True)]
+        if self.config.upright_check:
+            await self._check_upright(images, chosen, [i for i, c in enumerate(chosen)
+                                                       if c is not None and c.detection.score >= self.config.upright_score])
+        cands: dict[int, list[Chosen]] = {}
+        for turns in (ORIENTATIONS, DIAGONALS):
+            retry = [i for i, c in enumerate(chosen) if c is None or c.detection.score < self.config.upright_score]
+            if not retry:
+                break
+            jobs = [(i, rot) for i in retry for rot in turns]
+            placements = [self.detector.place(images[i], pad=self.config.fallback_pad, rotation=rot)
+                          for i, rot in jobs]
+            found = await self._detect([images[i] for i, _ in jobs], placements)
+            for (i, rot), dets in zip(jobs, found, strict=True):
+                cand = _choose(dets, images[i].shape[:2], rot)
+                if cand is None:
+                    continue
+                # The first pass's own face is left out: the padded upright candidate stands for it.
+                cands.setdefault(i, []).append(cand)
+                best = chosen[i]
+                if best is None or cand.detection.score > best.detection.score:
+                    chosen[i] = cand
+        close = {i: [c for c in cs if c.detection.score >= max(x.detection.score for x in cs)
+                     - self.config.candidate_margin] for i, cs in cands.items()}
+        close = {i: cs for i, cs in close.items() if len(cs) > 1}
+        if close:
+            flat = [(i, c) for i, cs in close.items() for c in cs]
+            boxes = np.stack([c.detection.box for _, c in flat])
+            eyes = np.stack([c.detection.kps[:2] for _, c in flat])
+            _, presence = await self._mesh(images, np.array([i for i, _ in flat], dtype=np.intp),
+                                           Landmarker.rois(boxes, eyes))
+            rank = [c.detection.score + self.config.presence_weight * float(p)
+                    for (_, c), p in zip(flat, presence, strict=True)]
+            for i in close:
+                k = max((k for k, (j, _) in enumerate(flat) if j == i), key=lambda k: rank[k])
+                chosen[i] = flat[k][1]
         return chosen
+
+    async def _check_upright(self, images: list[npt.NDArray[np.uint8]], chosen: list[Chosen | None],
+                             todo: list[int]) -> None:
+        """Replace (in place) confidently found first-pass faces that score higher turned half a turn.
+
+        YuNet finds an upside-down face at up to ~0.9 with its keypoints drawn as if upright, so the first-pass
+        score alone lets a few through (about 3 % of faces rotated 150-210 degrees on lfw-dev). Scoring the same
+        levelled crop both ways round separates them (upright faces scored higher as they are in every lfw-dev
+        case measured, tilted up to 45 degrees; bench/README.md).
+        """
+        todo = [i for i in todo if chosen[i] is not None]
+        if not todo:
+            return
+        crops, origins, jobs = [], [], []
+        for i in todo:
+            det = chosen[i].detection  # type: ignore[union-attr]
+            crop, origin = square_crop(images[i], det.box, 1.6)
+            level = round(-eye_angle(det.kps)) % 360
+            for turn in (0, 180):
+                crops.append(crop)
+                jobs.append(place(crop.shape[0], crop.shape[1], self.config.upright_check_size,
+                                  rotation=(level + turn) % 360))
+            origins.append(origin)
+        found = await self._detect(crops, jobs)
+        for k, i in enumerate(todo):
+            size = crops[2 * k].shape[:2]
+            as_is, turned = nearest_centre(found[2 * k], size), nearest_centre(found[2 * k + 1], size)
+            if turned is not None and (as_is is None or turned.score > as_is.score):
+                det = shifted(turned, origins[k], images[i].shape[:2])
+                prev = chosen[i]
+                chosen[i] = Chosen(det, prev.faces_found if prev else 1, _quarter_turn(det))
 
     async def analyze(self, images: list[npt.NDArray[np.uint8]]) -> list[FaceResult | None]:
         """Analyse the most prominent face of each RGB image; ``None`` where no face was found."""
@@ -213,11 +300,18 @@ def _mesh_roll(mesh: NDF) -> npt.NDArray[np.float64]:
     return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
 
 
-def _choose(dets: list[Detection], size: tuple[int, int], orientation: int) -> Chosen | None:
-    """The most prominent of one pass's detections (``size`` is the original image's (h, w))."""
+def _choose(dets: list[Detection], size: tuple[int, int], rotation: int) -> Chosen | None:
+    """The most prominent of one pass's detections (``size`` is the original image's (h, w)), found on a canvas
+    turned clockwise by ``rotation`` degrees."""
     if not dets:
         return None
-    return Chosen(dets[most_prominent(dets, size)], len(dets), orientation)
+    det = dets[most_prominent(dets, size)]
+    return Chosen(det, len(dets), rotation % 360 if rotation % 90 == 0 else _quarter_turn(det))
+
+
+def _quarter_turn(det: Detection) -> int:
+    """The clockwise quarter turn nearest to levelling the face (from its eye line in the original image)."""
+    return round(-eye_angle(det.kps) / 90.0) * 90 % 360
 
 
 def five_points(pts68: NDF) -> NDF:

@@ -20,6 +20,10 @@ INPUT_NAME = "input"
 # and batches group by bucket: few distinct shapes keep cross-request batching effective.
 BUCKETS = (160, 320, 480, 640)
 ORIENTATIONS = (0, 90, 180, 270)
+# Tried only when no quarter turn shows a confidently upright face: a face ~45 degrees off every quarter turn scores
+# about as well (0.8-0.9) in a candidate where it is ~135 degrees off as in the right one, so the quarter turns
+# alone pick an upside-down reading for some; one of these leaves it within 22.5 degrees, where it scores >= 0.9.
+DIAGONALS = (45, 135, 225, 315)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +52,9 @@ class Detection:
 class Placement:
     """How one image was put on a detector canvas.
 
-    The image (``h`` x ``w``) is resized by ``scale`` (<= 1), rotated clockwise by ``rotation`` degrees (a
-    multiple of 90) and pasted at ``offset`` (x, y) on a ``size`` x ``size`` canvas.
+    The image (``h`` x ``w``) is resized by ``scale`` (<= 1), rotated clockwise by ``rotation`` degrees about its
+    centre and put on a ``size`` x ``size`` canvas: quarter turns are pasted pixel-exact at ``offset`` (x, y),
+    other angles are centred on the canvas (bilinear).
     """
 
     h: int
@@ -64,10 +69,21 @@ class Placement:
         """(height, width) of the image after scaling, before rotation."""
         return max(1, round(self.h * self.scale)), max(1, round(self.w * self.scale))
 
+    @property
+    def quarter_turns(self) -> bool:
+        return self.rotation % 90 == 0
+
     def affine(self) -> npt.NDArray[np.float64]:
         """``(2, 3)`` map from original-image pixel coordinates to canvas coordinates."""
         nh, nw = self.resized
         m = np.array([[nw / self.w, 0.0, 0.0], [0.0, nh / self.h, 0.0], [0.0, 0.0, 1.0]])
+        if not self.quarter_turns:
+            # Clockwise as displayed (y down): (x, y) -> (x cos - y sin, x sin + y cos) about the centres.
+            c, s = math.cos(math.radians(self.rotation)), math.sin(math.radians(self.rotation))
+            half = self.size / 2
+            rot = np.array([[c, -s, half - c * nw / 2 + s * nh / 2], [s, c, half - s * nw / 2 - c * nh / 2],
+                            [0.0, 0.0, 1.0]])
+            return (rot @ m)[:2]
         cur_w, cur_h = nw, nh
         for _ in range((self.rotation // 90) % 4):
             # One clockwise quarter turn of a cur_w x cur_h image: (x, y) -> (cur_h - y, x).
@@ -76,10 +92,22 @@ class Placement:
         m = np.array([[1.0, 0.0, self.offset[0]], [0.0, 1.0, self.offset[1]], [0.0, 0.0, 1.0]]) @ m
         return m[:2]
 
+    def box_to_original(self, box: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """A canvas box ``(4,)`` x1, y1, x2, y2 in original-image pixels (unclipped).
+
+        Quarter turns map exactly. For other angles the box keeps its centre and its size in the face's own frame
+        (a face is about as wide at any angle), rather than growing to the bounding box of the turned rectangle.
+        """
+        if self.quarter_turns:
+            corners = self.to_original(box.reshape(2, 2))
+            return np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
+        centre = self.to_original(((box[:2] + box[2:]) / 2)[None])[0]
+        half = (box[2:] - box[:2]) / (2 * self.scale)
+        return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
     def to_original(self, pts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Canvas points ``(..., 2)`` back to original-image pixels."""
-        a = self.affine()
-        inv = cv2.invertAffineTransform(a)
+        inv = cv2.invertAffineTransform(self.affine())
         p = pts.astype(np.float64)
         x = inv[0, 0] * p[..., 0] + inv[0, 1] * p[..., 1] + inv[0, 2]
         y = inv[1, 0] * p[..., 0] + inv[1, 1] * p[..., 1] + inv[1, 2]
@@ -95,20 +123,24 @@ def bucket_for(side: float, max_size: int) -> int:
 
 
 def place(h: int, w: int, max_size: int, *, pad: float = 0.0, rotation: int = 0) -> Placement:
-    """Placement of an ``h`` x ``w`` image: at its own size (never upscaled), centred with ``pad`` x its long side
-    of margin on every side, on the smallest bucket canvas that holds it; scaled down to fit ``max_size``.
+    """Placement of an ``h`` x ``w`` image: at its own size (never upscaled), turned clockwise by ``rotation``
+    degrees, centred with ``pad`` x its long side of margin on every side, on the smallest bucket canvas that holds
+    it; scaled down to fit ``max_size``.
 
     Never upscaling matters: YuNet scores a frame-filling face blown up past the face sizes it was trained on
     below the service's threshold (a 200-px crop letterboxed to 640 loses most of its faces at 0.75).
     """
-    long_side = max(h, w) * (1.0 + 2.0 * pad)
+    rotation %= 360
+    c, s = abs(math.cos(math.radians(rotation))), abs(math.sin(math.radians(rotation)))
+    bw, bh = w * c + h * s, w * s + h * c  # bounding box of the turned image
+    long_side = max(bw, bh) * (1.0 + 2.0 * pad)
     scale = min(1.0, max_size / long_side)
     size = bucket_for(math.ceil(long_side * scale), max_size)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if rotation % 180:
+    if rotation % 180 == 90:
         nh, nw = nw, nh
     # Centred: a face that fills the photo gets context on all sides, which YuNet needs to score it.
-    return Placement(h, w, size, scale, rotation % 360, ((size - nw) // 2, (size - nh) // 2))
+    return Placement(h, w, size, scale, rotation, ((size - nw) // 2, (size - nh) // 2))
 
 
 class Detector:
@@ -150,6 +182,11 @@ class Detector:
         else:
             interp = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
             resized = cv2.resize(image, (nw, nh), interpolation=interp)
+        if not p.quarter_turns:
+            a = p.affine() @ np.array([[p.w / nw, 0.0, 0.0], [0.0, p.h / nh, 0.0], [0.0, 0.0, 1.0]])
+            warped = cv2.warpAffine(resized, a, (p.size, p.size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+            return np.ascontiguousarray(warped[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
         turned = np.rot90(resized, -(p.rotation // 90)) if p.rotation else resized
         canvas = np.zeros((3, p.size, p.size), dtype=np.float32)
         th, tw = turned.shape[:2]
@@ -219,8 +256,7 @@ class Detector:
         for i, p in enumerate(placements):
             dets: list[Detection] = []
             for j in self._nms(scores[i], boxes[i]):
-                corners = p.to_original(boxes[i, j].reshape(2, 2))
-                box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
+                box = p.box_to_original(boxes[i, j])
                 box[[0, 2]] = np.clip(box[[0, 2]], 0, p.w)
                 box[[1, 3]] = np.clip(box[[1, 3]], 0, p.h)
                 if min(box[2] - box[0], box[3] - box[1]) < self.min_face_px:
@@ -236,6 +272,43 @@ class Detector:
         """Decode a letterboxed batch from :meth:`preprocess` (legacy path) into per-image detections."""
         placements = [Placement(h, w, self.size, float(s)) for (h, w), s in zip(sizes, scales, strict=True)]
         return self.postprocess_placed(outputs, placements)
+
+
+def square_crop(image: npt.NDArray[np.uint8], box: npt.NDArray[np.float32], factor: float
+                ) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
+    """A square crop ``factor`` x the box's long side around its centre (zeros outside the image) and its top-left
+    corner in the image."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    n = max(2, round(factor * max(box[2] - box[0], box[3] - box[1])))
+    x0, y0 = round(cx - n / 2), round(cy - n / 2)
+    h, w = image.shape[:2]
+    out = np.zeros((n, n, 3), dtype=np.uint8)
+    xs, ys, xe, ye = max(0, x0), max(0, y0), min(w, x0 + n), min(h, y0 + n)
+    if xe > xs and ye > ys:
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
+    return out, (x0, y0)
+
+
+def shifted(det: Detection, origin: tuple[int, int], size: tuple[int, int]) -> Detection:
+    """``det`` found in a crop whose top-left corner is ``origin``, in image coordinates (box clipped to ``size``)."""
+    off = np.array(origin, dtype=np.float32)
+    box = det.box + np.concatenate([off, off])
+    box[[0, 2]] = np.clip(box[[0, 2]], 0, size[1])
+    box[[1, 3]] = np.clip(box[[1, 3]], 0, size[0])
+    return Detection(box.astype(np.float32), (det.kps + off).astype(np.float32), det.score)
+
+
+def nearest_centre(dets: list[Detection], size: tuple[int, int]) -> Detection | None:
+    """The detection whose box centre is nearest the centre of a ``size`` (h, w) image."""
+    h, w = size
+    return min(dets, key=lambda d: float(np.hypot((d.box[0] + d.box[2]) / 2 - w / 2, (d.box[1] + d.box[3]) / 2 - h / 2)),
+               default=None)
+
+
+def eye_angle(kps: npt.NDArray[np.float32]) -> float:
+    """Angle in degrees (clockwise as displayed, -180..180) of the line from the first to the second eye point."""
+    d = kps[1] - kps[0]
+    return math.degrees(math.atan2(float(d[1]), float(d[0])))
 
 
 def most_prominent(dets: list[Detection], size: tuple[int, int]) -> int:
