@@ -124,8 +124,8 @@ def bucket_for(side: float, max_size: int) -> int:
 
 def place(h: int, w: int, max_size: int, *, pad: float = 0.0, rotation: int = 0) -> Placement:
     """Placement of an ``h`` x ``w`` image: at its own size (never upscaled), turned clockwise by ``rotation``
-    degrees, centred with ``pad`` x its long side of margin on every side, on the smallest bucket canvas that holds
-    it; scaled down to fit ``max_size``.
+    degrees, with ``pad`` x its long side of margin on every side, on the smallest bucket canvas that holds it;
+    scaled down to fit ``max_size``. Padded or turned images are centred; a plain one sits top-left.
 
     Never upscaling matters: YuNet scores a frame-filling face blown up past the face sizes it was trained on
     below the service's threshold (a 200-px crop letterboxed to 640 loses most of its faces at 0.75).
@@ -139,6 +139,9 @@ def place(h: int, w: int, max_size: int, *, pad: float = 0.0, rotation: int = 0)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if rotation % 180 == 90:
         nh, nw = nw, nh
+    if not pad and rotation == 0:
+        # Top-left, like the letterbox before buckets: a photo over max_size gets exactly the canvas it always got.
+        return Placement(h, w, size, scale)
     # Centred: a face that fills the photo gets context on all sides, which YuNet needs to score it.
     return Placement(h, w, size, scale, rotation, ((size - nw) // 2, (size - nh) // 2))
 
