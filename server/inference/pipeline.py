@@ -83,6 +83,10 @@ class PipelineConfig:
     align_on_mesh: bool = True  # 5 alignment points from the mesh (finer) rather than the detector's keypoints
     flip_embedding: bool = False  # sum with the mirror image's embedding: no gain on LFW-dev, twice the cost
     threshold: float = 0.5
+    # A face past these is found but not compared (422 face_not_comparable naming the file and the reason); the
+    # limits and the accuracy inside them are measured by `python -m bench.robust` (README "Turned heads").
+    max_abs_yaw_deg: float = 60.0
+    min_eye_dist_px: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class FaceResult:
 
     analysis: FaceAnalysis
     embedding: NDF  # (128,) L2-normalised
+    not_comparable: str | None = None  # why this face cannot be compared reliably (None: it can)
 
 
 class FacePipeline:
@@ -258,8 +263,8 @@ class FacePipeline:
         for m, (i, _, _) in enumerate(chosen):
             pick = picked[i]
             orientation = pick.orientation if pick is not None else 0
-            results[i] = FaceResult(dataclasses.replace(analyses[m], orientation_correction=orientation),
-                                    embeddings[m])
+            analysis = dataclasses.replace(analyses[m], orientation_correction=orientation)
+            results[i] = FaceResult(analysis, embeddings[m], comparability_issue(analysis, self.config))
         return results
 
     async def _refine(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], mesh: NDF,
@@ -292,6 +297,21 @@ class FacePipeline:
         similarity = self.calibration.similarity(cosine)
         result = CompareResult.SAME if similarity >= self.config.threshold else CompareResult.DIFFERENT
         return Comparison(cosine=cosine, similarity=similarity, result=result)
+
+
+def comparability_issue(a: FaceAnalysis, config: PipelineConfig) -> str | None:
+    """Why a found face cannot be compared reliably, or ``None``.
+
+    Turned past ``max_abs_yaw_deg`` the far eye and half the face are hidden and the embedder (trained on
+    mostly frontal faces) is unreliable; under ``min_eye_dist_px`` between the eyes too few pixels are left.
+    """
+    if abs(a.yaw) > config.max_abs_yaw_deg:
+        return (f"the head is turned {abs(a.yaw):.0f} degrees (yaw); faces are compared up to "
+                f"{config.max_abs_yaw_deg:.0f} degrees")
+    if a.eye_dist < config.min_eye_dist_px:
+        return (f"the face is too small ({a.eye_dist:.1f} px between the eyes; at least "
+                f"{config.min_eye_dist_px:.0f} px needed)")
+    return None
 
 
 def _mesh_roll(mesh: NDF) -> npt.NDArray[np.float64]:

@@ -187,6 +187,9 @@ class Detector:
             resized = cv2.resize(image, (nw, nh), interpolation=interp)
         if not p.quarter_turns:
             a = p.affine() @ np.array([[p.w / nw, 0.0, 0.0], [0.0, p.h / nh, 0.0], [0.0, 0.0, 1.0]])
+            # warpAffine indexes pixels at their centres (integers); the affine is in continuous coordinates
+            # (centres at +0.5): shift in and out by half a pixel.
+            a[:, 2] += a[:, :2] @ np.array([0.5, 0.5]) - 0.5
             warped = cv2.warpAffine(resized, a, (p.size, p.size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
             return np.ascontiguousarray(warped[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
