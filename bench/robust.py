@@ -101,7 +101,8 @@ def faces_dataset() -> Dataset:
     with (FACES / "LABELS.csv").open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["faces_count"] == "1" and "partial" not in r["file"]]
     photos = {r["file"]: Photo(r["file"], r["identity"], _load_rgb(FACES / r["file"])) for r in rows}
-    pairs = [(a, b, int(photos[a].identity == photos[b].identity)) for a, b in itertools.combinations(sorted(photos), 2)]
+    pairs = [(a, b, int(photos[a].identity == photos[b].identity))
+             for a, b in itertools.combinations(sorted(photos), 2)]
     return Dataset("faces", photos, pairs)
 
 

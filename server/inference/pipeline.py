@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -163,8 +162,9 @@ class FacePipeline:
         first = await self.detect(images)
         chosen: list[Chosen | None] = [_choose(d, img.shape[:2], 0) for d, img in zip(first, images, strict=True)]
         if self.config.upright_check:
-            await self._check_upright(images, chosen, [i for i, c in enumerate(chosen)
-                                                       if c is not None and c.detection.score >= self.config.upright_score])
+            confident = [i for i, c in enumerate(chosen)
+                         if c is not None and c.detection.score >= self.config.upright_score]
+            await self._check_upright(images, chosen, confident)
         cands: dict[int, list[Chosen]] = {}
         for turns in (ORIENTATIONS, DIAGONALS):
             retry = [i for i, c in enumerate(chosen) if c is None or c.detection.score < self.config.upright_score]

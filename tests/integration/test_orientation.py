@@ -57,8 +57,9 @@ def test_face_not_comparable_maps_like_no_face() -> None:
 
 
 async def post(api: Any, file1: bytes, file2: bytes) -> Any:
+    files = {"file1": ("a.png", file1, "image/png"), "file2": ("b.jpg", file2, "image/jpeg")}
     return await api.client.post(COMPARE, headers=api.auth(), data={"channel": "WEB", "reference": "turned"},
-                                 files={"file1": ("a.png", file1, "image/png"), "file2": ("b.jpg", file2, "image/jpeg")})
+                                 files=files)
 
 
 async def test_http_quarter_turned_photo_is_compared_and_says_so(api: Any, image_bytes: Callable[[str], bytes]

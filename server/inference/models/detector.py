@@ -83,14 +83,16 @@ class Placement:
             half = self.size / 2
             rot = np.array([[c, -s, half - c * nw / 2 + s * nh / 2], [s, c, half - s * nw / 2 - c * nh / 2],
                             [0.0, 0.0, 1.0]])
-            return (rot @ m)[:2]
+            out: npt.NDArray[np.float64] = (rot @ m)[:2]
+            return out
         cur_w, cur_h = nw, nh
         for _ in range((self.rotation // 90) % 4):
             # One clockwise quarter turn of a cur_w x cur_h image: (x, y) -> (cur_h - y, x).
             m = np.array([[0.0, -1.0, cur_h], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ m
             cur_w, cur_h = cur_h, cur_w
         m = np.array([[1.0, 0.0, self.offset[0]], [0.0, 1.0, self.offset[1]], [0.0, 0.0, 1.0]]) @ m
-        return m[:2]
+        placed: npt.NDArray[np.float64] = m[:2]
+        return placed
 
     def box_to_original(self, box: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """A canvas box ``(4,)`` x1, y1, x2, y2 in original-image pixels (unclipped).
@@ -101,7 +103,7 @@ class Placement:
         if self.quarter_turns:
             corners = self.to_original(box.reshape(2, 2))
             return np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
-        centre = self.to_original(((box[:2] + box[2:]) / 2)[None])[0]
+        centre = self.to_original(((box[:2] + box[2:]) / 2)[None].astype(np.float32))[0]
         half = (box[2:] - box[:2]) / (2 * self.scale)
         return np.concatenate([centre - half, centre + half]).astype(np.float32)
 
@@ -123,9 +125,10 @@ def bucket_for(side: float, max_size: int) -> int:
 
 
 def place(h: int, w: int, max_size: int, *, pad: float = 0.0, rotation: int = 0) -> Placement:
-    """Placement of an ``h`` x ``w`` image: at its own size (never upscaled), turned clockwise by ``rotation``
-    degrees, with ``pad`` x its long side of margin on every side, on the smallest bucket canvas that holds it;
-    scaled down to fit ``max_size``. Padded or turned images are centred; a plain one sits top-left.
+    """Placement of an ``h`` x ``w`` image: at its own size, turned clockwise by ``rotation`` degrees, with ``pad``
+    x its long side of margin on every side, on the smallest bucket canvas that holds it; scaled down to fit
+    ``max_size``, and up only to fill the smallest canvas. Padded or turned images are centred; a plain one sits
+    top-left.
 
     Never upscaling matters: YuNet scores a frame-filling face blown up past the face sizes it was trained on
     below the service's threshold (a 200-px crop letterboxed to 640 loses most of its faces at 0.75).
@@ -135,6 +138,11 @@ def place(h: int, w: int, max_size: int, *, pad: float = 0.0, rotation: int = 0)
     bw, bh = w * c + h * s, w * s + h * c  # bounding box of the turned image
     long_side = max(bw, bh) * (1.0 + 2.0 * pad)
     scale = min(1.0, max_size / long_side)
+    smallest = min(BUCKETS[0], max_size)
+    if long_side < smallest:
+        # A photo smaller than the smallest canvas fills it: free (the canvas is that size anyway), and a face near
+        # the minimum size (FACEREC_MIN_FACE_PX) in a thumbnail is lifted to sizes YuNet finds reliably.
+        scale = smallest / long_side
     size = bucket_for(math.ceil(long_side * scale), max_size)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if rotation % 180 == 90:
@@ -180,11 +188,10 @@ class Detector:
     def render(image: npt.NDArray[np.uint8], p: Placement) -> npt.NDArray[np.float32]:
         """One RGB image on its canvas: ``(3, S, S)`` BGR 0..255 float (YuNet was trained on OpenCV's BGR)."""
         nh, nw = p.resized
-        if (nh, nw) == image.shape[:2]:
-            resized = image
-        else:
+        resized = image
+        if (nh, nw) != image.shape[:2]:
             interp = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
-            resized = cv2.resize(image, (nw, nh), interpolation=interp)
+            resized = np.asarray(cv2.resize(image, (nw, nh), interpolation=interp), dtype=np.uint8)
         if not p.quarter_turns:
             a = p.affine() @ np.array([[p.w / nw, 0.0, 0.0], [0.0, p.h / nh, 0.0], [0.0, 0.0, 1.0]])
             # warpAffine indexes pixels at their centres (integers); the affine is in continuous coordinates
@@ -307,8 +314,8 @@ def shifted(det: Detection, origin: tuple[int, int], size: tuple[int, int]) -> D
 def nearest_centre(dets: list[Detection], size: tuple[int, int]) -> Detection | None:
     """The detection whose box centre is nearest the centre of a ``size`` (h, w) image."""
     h, w = size
-    return min(dets, key=lambda d: float(np.hypot((d.box[0] + d.box[2]) / 2 - w / 2, (d.box[1] + d.box[3]) / 2 - h / 2)),
-               default=None)
+    return min(dets, key=lambda d: float(np.hypot((d.box[0] + d.box[2]) / 2 - w / 2,
+                                                  (d.box[1] + d.box[3]) / 2 - h / 2)), default=None)
 
 
 def eye_angle(kps: npt.NDArray[np.float32]) -> float:

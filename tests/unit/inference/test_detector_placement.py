@@ -39,18 +39,23 @@ def test_a_250px_photo_is_not_letterboxed_to_640() -> None:
 
 
 @pytest.mark.parametrize("shape", [(64, 48), (250, 250), (480, 300), (1024, 820), (3000, 4000)])
-def test_never_upscaled_and_always_fits(shape: tuple[int, int]) -> None:
+def test_upscaled_only_to_fill_the_smallest_canvas_and_always_fits(shape: tuple[int, int]) -> None:
     h, w = shape
     for pad in (0.0, 0.25):
         for rot in (0, 45, 90, 135, 180, 270):
             p = place(h, w, 640, pad=pad, rotation=rot)
-            assert p.scale <= 1.0
+            assert p.scale <= 1.0 or p.size == BUCKETS[0]
             assert p.size in BUCKETS
             # Every corner of the image lands inside the canvas.
             corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
             a = p.affine()
             mapped = corners @ a[:, :2].T + a[:, 2]
             assert (mapped >= -1e-6).all() and (mapped <= p.size + 1e-6).all(), (shape, pad, rot)
+
+
+def test_a_thumbnail_fills_the_smallest_canvas() -> None:
+    p = place(64, 48, 640)
+    assert p.size == 160 and p.scale == pytest.approx(2.5)  # a 26-px face becomes 65 px on the canvas
 
 
 def test_big_photo_first_pass_equals_the_old_letterbox() -> None:
@@ -63,9 +68,9 @@ def test_big_photo_first_pass_equals_the_old_letterbox() -> None:
 @pytest.mark.parametrize("pad", [0.0, 0.25])
 def test_quarter_turns_map_pixels_back_exactly(rotation: int, pad: float) -> None:
     """A marked pixel is found on the rendered canvas and mapped back to where it was in the original."""
-    img = np.zeros((50, 80, 3), np.uint8)
+    img = np.zeros((200, 320, 3), np.uint8)
     img[10, 60] = (255, 0, 0)  # red at pixel centre (60.5, 10.5)
-    p = place(50, 80, 640, pad=pad, rotation=rotation)
+    p = place(200, 320, 640, pad=pad, rotation=rotation)
     canvas = Detector.render(img, p)
     assert canvas.shape == (3, p.size, p.size)
     yy, xx = np.nonzero(canvas[2])  # BGR: red is channel 2
@@ -76,9 +81,9 @@ def test_quarter_turns_map_pixels_back_exactly(rotation: int, pad: float) -> Non
 
 @pytest.mark.parametrize("rotation", [45, 135, 225, 315, 30])
 def test_other_angles_map_back_within_a_pixel(rotation: int) -> None:
-    img = np.zeros((60, 90, 3), np.uint8)
+    img = np.zeros((180, 270, 3), np.uint8)
     img[20:22, 70:72] = 255  # a 2x2 dot centred on (71, 21)
-    p = place(60, 90, 640, pad=0.25, rotation=rotation)
+    p = place(180, 270, 640, pad=0.25, rotation=rotation)
     canvas = Detector.render(img, p)[0]
     yy, xx = np.nonzero(canvas > 60)
     w = canvas[yy, xx]
@@ -98,7 +103,7 @@ def test_box_of_a_turned_pass_keeps_its_size_and_centre() -> None:
 
 
 def test_quarter_turn_box_swaps_width_and_height() -> None:
-    p = place(100, 200, 640, rotation=90)
+    p = place(200, 400, 640, rotation=90)
     a = p.affine()
     x1, y1 = a[:, :2] @ np.array([10.0, 20.0]) + a[:, 2]
     x2, y2 = a[:, :2] @ np.array([50.0, 30.0]) + a[:, 2]
@@ -109,7 +114,7 @@ def test_quarter_turn_box_swaps_width_and_height() -> None:
 def test_postprocess_maps_rotated_detections_to_the_original_image() -> None:
     """A detection decoded on a canvas turned 90 degrees comes back in original pixels, keypoints in face order."""
     det = Detector(640, score_threshold=0.5, min_face_px=1)
-    p = place(100, 200, 640, rotation=90)  # canvas 320, the image turned clockwise
+    p = place(200, 300, 640, rotation=90)  # canvas 320, the image turned clockwise
     a = p.affine()
     # A face at original box (40, 30)-(80, 70) with the subject's right eye at (50, 60), left eye at (50, 40):
     # lying on its side (turned counter-clockwise), so on the turned canvas it is upright.
@@ -142,7 +147,7 @@ def test_postprocess_maps_rotated_detections_to_the_original_image() -> None:
 
 def test_one_batch_needs_one_canvas_size() -> None:
     det = Detector(640)
-    imgs = [np.zeros((100, 100, 3), np.uint8), np.zeros((400, 400, 3), np.uint8)]
+    imgs = [np.zeros((150, 150, 3), np.uint8), np.zeros((400, 400, 3), np.uint8)]
     with pytest.raises(ValueError, match="one canvas size"):
         det.preprocess_placed(imgs, [det.place(i) for i in imgs])
     batch = det.preprocess_placed(imgs[:1] * 2, [det.place(imgs[0]), det.place(imgs[0], rotation=180)])
