@@ -35,7 +35,7 @@ from bench.common import (
     write_json,
 )
 
-PARTS = ("raw", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes")
+PARTS = ("raw", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes", "robust")
 
 
 def profile_for(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,11 +43,14 @@ def profile_for(args: argparse.Namespace) -> dict[str, Any]:
         return {"raw_batches": [1, 4], "raw_inflight": [1], "raw_requests": 8, "raw_duration": 4.0,
                 "http_c": [1, 4], "grpc_c": [1, 4], "requests": 12, "duration": 4.0, "open_s": 4.0,
                 "peers_limit": 8, "peers_faces_limit": 4, "accuracy_limit": 40, "accuracy_labels": False,
-                "attributes_limit": 3}
+                "attributes_limit": 3,
+                "robust_args": ["--lfw-pairs", "4", "--crops", "c0.8,forehead", "--sizes", "128",
+                                "--angles", "0,90,135"]}
     return {"raw_batches": [1, 2, 4, 8, 16], "raw_inflight": [1, 2], "raw_requests": 96, "raw_duration": 10.0,
             "http_c": [1, 2, 4, 8, 16, 32], "grpc_c": [1, 8, 32], "requests": 300, "duration": 20.0,
             "open_s": 20.0, "peers_limit": 100, "peers_faces_limit": 20, "accuracy_limit": None,
-            "accuracy_labels": True, "attributes_limit": None}
+            "accuracy_labels": True, "attributes_limit": None,
+            "robust_args": ["--lfw-pairs", "50", "--sizes", "64,256,1024"]}
 
 
 def sweep(server: ServerProcess, protocol: str, pairs: list[Pair], concurrency: list[int], p: dict[str, Any],
@@ -486,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
                 rep = peers.run(big, workers=machine["cores"], batch=min(batch, len(big)))
                 write_json(out / "peers_faces.json", {"machine": machine, "pairs_source": source, **rep})
                 print(peers.summary_table(rep))
+
+    if "robust" in parts:
+        with timed_section("robustness: tight crops, rotations, no-face photos vs the OpenCV loop (bench.robust)"):
+            from bench import robust
+
+            robust.main([*p["robust_args"], "--out", str(out / "robust.json")])
 
     if "accuracy" in parts:
         with timed_section("accuracy on lfw-dev (bench.accuracy)"):
