@@ -37,10 +37,11 @@ from server.inference.models.mesh68 import mesh_to_68
 
 NDF = npt.NDArray[np.float32]
 
-# Detector rows one image can cost at most: the first pass and the two small upright-check rows of a confident face;
-# only when the first pass finds nothing or a face that may not be upright, the four quarter turns (padded) and the
-# four diagonal turns when none of those is confidently upright. The batchers' queue bounds derive from it.
-DETECTOR_ROWS_PER_IMAGE = 1 + 2 + len(ORIENTATIONS) + len(DIAGONALS)
+# Detector rows one image can cost at most: the first pass, then either the two small upright-check rows (a face
+# found at >= upright_score) or, only when the first pass finds nothing or a face that may not be upright, the four
+# quarter turns (padded) and, only when none of those is confidently upright, the four diagonal turns. The batchers'
+# queue bounds derive from it.
+DETECTOR_ROWS_PER_IMAGE = 1 + max(2, len(ORIENTATIONS) + len(DIAGONALS))
 # Landmarker rows the detection step itself may add per image (the orientation check on close fallback candidates:
 # at most one per candidate), on top of the landmark passes of the chosen face.
 LANDMARKER_CHECK_ROWS_PER_IMAGE = len(ORIENTATIONS) + len(DIAGONALS)

@@ -6,6 +6,7 @@ face found on the faceless photos at any size or angle. ``python -m bench.robust
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 
@@ -18,7 +19,14 @@ from PIL import Image
 from server.domain import FaceAnalysis
 from server.inference.backend import MODEL_NAMES
 from server.inference.onnxrt import OnnxRuntimeBackend
-from server.inference.pipeline import FacePipeline, FaceResult, PipelineConfig, comparability_issue
+from server.inference.pipeline import (
+    DETECTOR_ROWS_PER_IMAGE,
+    LANDMARKER_CHECK_ROWS_PER_IMAGE,
+    FacePipeline,
+    FaceResult,
+    PipelineConfig,
+    comparability_issue,
+)
 from tests.conftest import MODEL_REPOSITORY, analyze_images
 
 RGB = npt.NDArray[np.uint8]
@@ -194,3 +202,30 @@ def test_the_pipeline_marks_faces_it_cannot_compare(backend: OnnxRuntimeBackend,
     turned, frontal = analyze_images(strict, [photo("obama_04"), photo("obama_01")])
     assert turned is not None and turned.not_comparable is not None and "yaw" in turned.not_comparable
     assert frontal is not None and frontal.not_comparable is None
+
+
+class _CountingRunner:
+    """Runs on the real backend and counts the rows each model is sent."""
+
+    def __init__(self, backend: OnnxRuntimeBackend) -> None:
+        self.backend = backend
+        self.rows: dict[str, int] = {}
+
+    async def infer(self, model: str, inputs: dict[str, npt.NDArray[np.float32]]) -> dict[str, npt.NDArray[np.float32]]:
+        self.rows[model] = self.rows.get(model, 0) + len(next(iter(inputs.values())))
+        return await self.backend.infer(model, inputs)
+
+
+@pytest.mark.parametrize(("name", "angle"), [("obama_01", 0), ("obama_01", 135), ("no_face_coffee", 0)])
+def test_detection_rows_stay_within_the_declared_bound(backend: OnnxRuntimeBackend, photo: Callable[[str], RGB],
+                                                       name: str, angle: int) -> None:
+    """The batchers' queue bounds rely on DETECTOR_ROWS_PER_IMAGE and LANDMARKER_CHECK_ROWS_PER_IMAGE."""
+    runner = _CountingRunner(backend)
+    pipe = FacePipeline(runner, {m: backend.spec(m) for m in MODEL_NAMES}, PipelineConfig())
+    asyncio.run(pipe.detect_faces([turn(photo(name), angle)]))
+    assert runner.rows["detector"] <= DETECTOR_ROWS_PER_IMAGE
+    assert runner.rows.get("landmarker", 0) <= LANDMARKER_CHECK_ROWS_PER_IMAGE
+    if name.startswith("no_face"):
+        assert runner.rows["detector"] == DETECTOR_ROWS_PER_IMAGE  # the worst case: every fallback pass ran
+    elif angle == 0:
+        assert runner.rows["detector"] == 3 and "landmarker" not in runner.rows  # first pass + upright check
