@@ -17,6 +17,7 @@ import numpy.typing as npt
 from server.analysis.attributes import FaceGeometry, analyze_faces
 from server.analysis.calibration import ScoreCalibration
 from server.domain import CompareResult, Comparison, FaceAnalysis
+from server.errors import Overloaded
 from server.inference.backend import ModelSpec
 from server.inference.models.detector import (
     DIAGONALS,
@@ -224,7 +225,12 @@ class FacePipeline:
                 jobs.append(place(crop.shape[0], crop.shape[1], self.config.upright_check_size,
                                   rotation=(level + turn) % 360))
             origins.append(origin)
-        found = await self._detect(crops, jobs)
+        try:
+            found = await self._detect(crops, jobs)
+        except Overloaded:
+            # A verification of an admitted request's face, not needed to answer: under a full detector queue the
+            # first pass's reading stands (admission sized from DETECTOR_ROWS_PER_IMAGE makes this unreachable).
+            return
         for k, i in enumerate(todo):
             size = crops[2 * k].shape[:2]
             as_is, turned = nearest_centre(found[2 * k], size), nearest_centre(found[2 * k + 1], size)
