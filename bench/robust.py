@@ -15,7 +15,8 @@ does not depend on the system under test). Both images of a pair get the same va
 
 Per variant and system: refusals ("no face"), accuracy at the system's own threshold (a refusal counts as
 "different"), ROC AUC (refusals scored lowest), and for rotations the roll error (reported roll minus the upright
-photo's roll plus the applied angle, wrapped). ``noface`` runs the ``no_face_*`` photos at every size and angle and
+photo's roll plus the applied angle, wrapped). A face facerec finds but would not compare (``face_not_comparable``)
+counts as refused. ``noface`` runs the ``no_face_*`` photos at every size and angle and
 counts any face found. Systems: ``facerec`` (the in-process pipeline of this tree) and ``opencv`` (the bare loop of
 ``bench.peers.OpenCVFace``). Pixels go in as arrays, so decoding is out of the comparison.
 Writes ``bench/results/robust.json``.
@@ -202,8 +203,8 @@ class FacerecSystem:
         out: list[Outcome] = []
         for i in range(0, len(images), self.batch):
             for r in self.loop.run_until_complete(self.pipe.analyze(images[i : i + self.batch])):
-                if r is None:
-                    out.append(Outcome(None))
+                if r is None or getattr(r, "not_comparable", None):
+                    out.append(Outcome(None))  # the service refuses both: 422 no_face / face_not_comparable
                     continue
                 a = r.analysis
                 out.append(Outcome(r.embedding, a.roll, a.yaw, getattr(a, "orientation_correction", 0), a.faces_found))

@@ -73,7 +73,7 @@ class PipelineConfig:
     upright_check: bool = True
     upright_check_size: int = 160
     presence_weight: float = 0.1
-    min_face_px: int = 24
+    min_face_px: int = 16
     refine_landmarks: bool = True  # re-run FaceMesh on ROIs re-centred and re-levelled from the previous mesh
     # YuNet's eye points under-read roll (about 9 deg for a 30 deg tilt) and each FaceMesh pass closes only about
     # half of the remaining tilt, so one refinement leaves up to ~6 deg of roll error at 30 deg; two leave < 1 deg.
@@ -87,9 +87,11 @@ class PipelineConfig:
     # A face past these is found but not compared (422 face_not_comparable naming the file and the reason).
     # lfw-dev's most turned face reads |yaw| 47.5 (p99 35): accuracy and FAR are measured up to 45 degrees and no
     # further (`python -m bench.robust --sweeps yaw`, README "Turned heads"), so 45 is what the service supports.
-    # Eyes 10 px apart is about the smallest face the detector keeps (FACEREC_MIN_FACE_PX 24).
+    # lfw-dev photos shrunk to 64 px (faces about 20-28 px wide) still compare at 100 % (bench.robust, `full` at
+    # 64; a 10-px limit refused 5 of 92 of them), so only faces about as small as the detector keeps
+    # (FACEREC_MIN_FACE_PX 16) are refused as too small.
     max_abs_yaw_deg: float = 45.0
-    min_eye_dist_px: float = 10.0
+    min_eye_dist_px: float = 6.0
 
 
 @dataclass(frozen=True, slots=True)
