@@ -17,6 +17,9 @@ from server.auth import ALL_ROLES, LOCAL_ISSUER
 from server.service import ScanService
 
 CONCURRENT_PER_TRANSPORT = 8
+# Detector rows of one compare of two upright photos: each photo's first pass plus the two small rows of its upright
+# check (server/inference/pipeline.py).
+DETECTOR_ROWS_PER_COMPARE = 2 * 3
 
 
 async def test_http_and_grpc_requests_share_batches(start_runtime: Any, image_bytes: Callable[[str], bytes]) -> None:
@@ -51,7 +54,8 @@ async def test_http_and_grpc_requests_share_batches(start_runtime: Any, image_by
         m = runtime.metrics
         per_source = {src: m.value("facerec_batch_items_total", model="detector", source=src)
                       for src in ("http", "grpc")}
-        assert per_source == {"http": 2 * CONCURRENT_PER_TRANSPORT, "grpc": 2 * CONCURRENT_PER_TRANSPORT}
+        expected = DETECTOR_ROWS_PER_COMPARE * CONCURRENT_PER_TRANSPORT
+        assert per_source == {"http": expected, "grpc": expected}
         mixed = sum(m.value("facerec_mixed_batches_total", model=model)
                     for model in ("detector", "landmarker", "embedder"))
         assert mixed >= 1, "no batch held both HTTP and gRPC items"
