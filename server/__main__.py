@@ -35,7 +35,7 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
     from server.analysis.calibration import ScoreCalibration
     from server.api.schemas import CompareResponse
     from server.domain import Channel, Scan, parse_reference
-    from server.errors import FacerecError, NoFace
+    from server.errors import FaceNotComparable, FacerecError, NoFace
     from server.inference.backend import MODEL_NAMES
     from server.inference.batched import DirectRunner
     from server.inference.context import INTERNAL
@@ -66,6 +66,9 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
         for p, r in zip(paths, results, strict=True):
             if r is None:
                 raise NoFace(f"no face found in {p}")
+            if r.not_comparable:
+                raise FaceNotComparable(f"a face was found in {p} but cannot be compared reliably: "
+                                        f"{r.not_comparable}")
         r1, r2 = results
         assert r1 is not None and r2 is not None
         cmp = pipeline.compare(r1, r2)

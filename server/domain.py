@@ -88,6 +88,8 @@ class FaceAnalysis:
     roll: float
     detection_score: float = 1.0
     faces_found: int = 1
+    # Clockwise rotation (0, 90, 180 or 270 degrees) the service applied to the photo to find this face upright.
+    orientation_correction: int = 0
 
 
 @dataclass(frozen=True, slots=True)

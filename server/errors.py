@@ -67,6 +67,15 @@ class NoFace(FacerecError):
     status, code, title = 422, "no_face", "No face found"
 
 
+class FaceNotComparable(FacerecError):
+    """A face was found but cannot be compared reliably (turned too far, too small, eyes not visible).
+
+    Kept apart from :class:`NoFace` so a client can tell "re-take the photo facing the camera" from "no face here".
+    """
+
+    status, code, title = 422, "face_not_comparable", "Face found but not comparable"
+
+
 class Overloaded(FacerecError):
     status, code, title = 429, "overloaded", "Server overloaded, retry later"
 

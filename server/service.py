@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
 from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate, parse_reference
-from server.errors import DeadlineExceeded, InvalidId, NoFace
+from server.errors import DeadlineExceeded, FaceNotComparable, InvalidId, NoFace
 from server.inference.context import RequestContext
 from server.inference.decode import DecodeLimits, decode_image
 from server.inference.pipeline import FaceResult
@@ -65,6 +65,10 @@ class ScanService:
             raise NoFace("no face found in file1", field="file1")
         if r2 is None:
             raise NoFace("no face found in file2", field="file2")
+        for r, name in ((r1, "file1"), (r2, "file2")):
+            if r.not_comparable:
+                raise FaceNotComparable(f"a face was found in {name} but cannot be compared reliably: "
+                                        f"{r.not_comparable}", field=name)
         return r1, r2
 
     async def compare(self, principal: Principal, *, channel: str | None, reference: str | None,

@@ -57,7 +57,7 @@ class Settings:
     ort_inter_threads: int = 1
     detector_size: int = 640  # letterbox side fed to the detector, multiple of 32
     detector_score_threshold: float = 0.75
-    min_face_px: int = 24  # faces with a shorter box side are ignored
+    min_face_px: int = 16  # faces with a shorter box side are ignored
 
     # --- decision
     threshold: float = 0.5  # on the calibrated 0..1 compare_similarity scale

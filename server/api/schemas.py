@@ -23,7 +23,7 @@ class PointOut(msgspec.Struct):
 
 
 class FaceOut(msgspec.Struct):
-    """``<Face>`` of the contract; ``faces_found`` and ``detection_score`` are additions."""
+    """``<Face>`` of the contract; ``faces_found``, ``detection_score`` and ``orientation_correction`` are additions."""
 
     x1: int
     y1: int
@@ -42,6 +42,7 @@ class FaceOut(msgspec.Struct):
     roll: float
     faces_found: int
     detection_score: float
+    orientation_correction: int = 0
 
     @classmethod
     def of(cls, f: FaceAnalysis) -> FaceOut:
@@ -50,7 +51,7 @@ class FaceOut(msgspec.Struct):
             eye_dist=f.eye_dist, face_luminance=f.face_luminance, face_occlusion=f.face_occlusion,
             face_quality=f.face_quality, left_eye_closed=f.left_eye_closed, right_eye_closed=f.right_eye_closed,
             mouth_opened=f.mouth_opened, pitch=f.pitch, yaw=f.yaw, roll=f.roll, faces_found=f.faces_found,
-            detection_score=f.detection_score,
+            detection_score=f.detection_score, orientation_correction=f.orientation_correction,
         )
 
 

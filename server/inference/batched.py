@@ -68,10 +68,19 @@ class BatchedRunner:
 
     def _call(self, model: str) -> Callable[[list[Row]], Awaitable[list[Row]]]:
         async def run(rows: list[Row]) -> list[Row]:
-            names = rows[0].keys()
-            batch = {k: np.concatenate([r[k] for r in rows], axis=0) for k in names}
-            out = await self.backend.infer(model, batch)
-            return [{k: v[i : i + 1] for k, v in out.items()} for i in range(len(rows))]
+            # Rows of one batch can differ in shape (the detector's canvas follows the photo: 160/320/480/640):
+            # one backend call per shape, in arrival order, each output row back in its place.
+            groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault(tuple(v.shape for v in r.values()), []).append(i)
+            outs: list[Row] = [{} for _ in rows]
+            for members in groups.values():
+                names = rows[members[0]].keys()
+                batch = {k: np.concatenate([rows[i][k] for i in members], axis=0) for k in names}
+                out = await self.backend.infer(model, batch)
+                for j, i in enumerate(members):
+                    outs[i] = {k: v[j : j + 1] for k, v in out.items()}
+            return outs
 
         return run
 

@@ -91,7 +91,7 @@ _FLOAT_FIELDS = (
     "roll",
     "detection_score",
 )
-_INT_FIELDS = ("x1", "y1", "x2", "y2", "faces_found")
+_INT_FIELDS = ("x1", "y1", "x2", "y2", "faces_found", "orientation_correction")
 
 
 def face_to_json(face: FaceAnalysis) -> dict[str, Any]:

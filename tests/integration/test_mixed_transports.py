@@ -13,6 +13,9 @@ from typing import Any
 from harness import PAIR, WAIT_S
 
 PER_TRANSPORT = 3
+# Detector rows of one completed compare of two upright photos: each photo's first pass plus the two small rows of
+# its upright check (server/inference/pipeline.py).
+ROWS_PER_COMPARE = 2 * 3
 
 
 async def test_http_and_grpc_requests_share_batches(serve_target: Any, image_bytes: Callable[[str], bytes]) -> None:
@@ -44,8 +47,9 @@ async def test_http_and_grpc_requests_share_batches(serve_target: Any, image_byt
         m = h.runtime.metrics
         per_source = {src: m.value("facerec_batch_items_total", model="detector", source=src)
                       for src in ("http", "grpc")}
-        assert per_source == {"http": 2 * n_http, "grpc": 2 * PER_TRANSPORT}
-        # The queued rows (12 <= the batch size 16) left together: one batch held both transports.
-        assert 4 * PER_TRANSPORT in list(detector.stats.last_batch_sizes)
+        assert per_source == {"http": ROWS_PER_COMPARE * n_http, "grpc": ROWS_PER_COMPARE * PER_TRANSPORT}
+        # The queued first-pass rows (12 <= the batch size 16) left together, at the head of the next batch (the
+        # held requests' later rows, arriving after the release, may join it): one batch held both transports.
+        assert max(detector.stats.last_batch_sizes) >= 4 * PER_TRANSPORT
         assert m.value("facerec_mixed_batches_total", model="detector") >= 1
         assert "facerec_mixed_batches_total" in m.render()[0].decode()

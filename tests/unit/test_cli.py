@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED_KEYS = {"id", "reference", "channel", "compare_result", "compare_similarity", "created", "face1", "face2"}
 FACE_KEYS = {"x1", "y1", "x2", "y2", "landmark_68", "eye_dist", "face_luminance", "face_occlusion", "face_quality",
              "left_eye_closed", "right_eye_closed", "mouth_opened", "pitch", "yaw", "roll"}
-FACE_EXTRAS = {"faces_found", "detection_score"}  # additions the contract allows ("more keys may be added")
+# Additions the contract allows ("more keys may be added").
+FACE_EXTRAS = {"faces_found", "detection_score", "orientation_correction"}
 
 
 def _run(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -60,6 +60,7 @@ class Face:
     roll: float
     faces_found: int
     detection_score: float
+    orientation_correction: int = 0  # clockwise quarter turn (0/90/180/270) applied to find the face
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Face:
@@ -72,6 +73,7 @@ class Face:
             mouth_opened=float(d["mouth_opened"]), pitch=float(d["pitch"]), yaw=float(d["yaw"]),
             roll=float(d["roll"]), faces_found=int(d.get("faces_found", 1)),
             detection_score=float(d.get("detection_score", 0.0)),
+            orientation_correction=int(d.get("orientation_correction", 0)),
         )
 
     @classmethod
@@ -81,7 +83,7 @@ class Face:
             eye_dist=m.eye_dist, face_luminance=m.face_luminance, face_occlusion=m.face_occlusion,
             face_quality=m.face_quality, left_eye_closed=m.left_eye_closed, right_eye_closed=m.right_eye_closed,
             mouth_opened=m.mouth_opened, pitch=m.pitch, yaw=m.yaw, roll=m.roll, faces_found=m.faces_found,
-            detection_score=m.detection_score,
+            detection_score=m.detection_score, orientation_correction=m.orientation_correction,
         )
 
 

@@ -51,7 +51,7 @@ def face_message(f: FaceAnalysis) -> pb.Face:
         eye_dist=f.eye_dist, face_luminance=f.face_luminance, face_occlusion=f.face_occlusion,
         face_quality=f.face_quality, left_eye_closed=f.left_eye_closed, right_eye_closed=f.right_eye_closed,
         mouth_opened=f.mouth_opened, pitch=f.pitch, yaw=f.yaw, roll=f.roll, faces_found=f.faces_found,
-        detection_score=f.detection_score,
+        detection_score=f.detection_score, orientation_correction=f.orientation_correction,
     )
 
 

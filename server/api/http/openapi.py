@@ -109,7 +109,8 @@ COMPARE_RESPONSES: dict[int, ResponseSpec] = {
     **COMMON_ERRORS,
     413: problem("A file or the whole request is over its size limit", 413),
     415: problem("A file is not a supported image (JPEG, PNG, WebP, BMP)", 415),
-    422: problem("No face found; `field` names file1 or file2", 422),
+    422: problem("No face found (`no_face`), or a face that cannot be compared reliably (`face_not_comparable`: "
+                 "turned too far, too small, eyes not visible); `field` names file1 or file2", 422),
     429: problem("Overloaded; retry after `Retry-After` seconds", 429),
     503: problem("Temporarily unavailable; retry after `Retry-After` seconds", 503),
 }
@@ -191,7 +192,7 @@ class FieldDoc:
     minimum: float | None = None
     maximum: float | None = None
     exclusive_minimum: float | None = None
-    enum: tuple[str, ...] | None = None
+    enum: tuple[str, ...] | tuple[int, ...] | None = None
     items: int | None = None  # exact length of an array
     pattern: str | None = None
 
@@ -252,6 +253,9 @@ FIELD_DOCS: dict[str, FieldDoc] = {
     "roll": FieldDoc("in-plane tilt in degrees; positive = clockwise as displayed", minimum=-180, maximum=180),
     "faces_found": FieldDoc("(addition) how many faces the detector found in this image", minimum=1),
     "detection_score": FieldDoc("(addition) detector confidence of this face", minimum=0, maximum=1),
+    "orientation_correction": FieldDoc("(addition) clockwise quarter turn (0, 90, 180 or 270 degrees) that was applied "
+                                       "to the photo to find this face; coordinates stay in the photo as sent",
+                                       enum=(0, 90, 180, 270)),
     # Spring Data page
     "content": FieldDoc("the scans of this page"),
     "total_elements": FieldDoc("scans matching the filters, all pages", minimum=0),

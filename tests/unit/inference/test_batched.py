@@ -90,3 +90,43 @@ async def test_direct_runner_calls_the_backend_as_is() -> None:
     out = await DirectRunner(backend).infer("landmarker", {"x": np.ones((2, 1), np.float32)}, INTERNAL)
     np.testing.assert_array_equal(out["y"], np.full((2, 1), 2, np.float32))
     assert backend.batches == [("landmarker", 2)]
+
+
+class ShapeRecorder:
+    """A backend that answers each input row with its own mean and records the shape of every call."""
+
+    description = "shape recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, ...]] = []
+
+    def spec(self, model: str) -> ModelSpec:
+        return ModelSpec(model, 16, (TensorSpec("input", "float32", (3, -1, -1)),),
+                         (TensorSpec("out", "float32", (1,)),))
+
+    async def infer(self, model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
+        x = inputs["input"]
+        self.calls.append(x.shape)
+        return {"out": x.reshape(len(x), -1).mean(axis=1, keepdims=True)}
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_batch_with_two_canvas_sizes_runs_one_backend_call_per_size() -> None:
+    backend = ShapeRecorder()
+    # Four rows fill the batch, so it forms as soon as the last one arrives (no timing involved); the wait is long
+    # enough that it never closes the batch first.
+    settings = Settings(device="cpu", max_batch_size=4, max_wait_ms=1000.0)
+    runner = BatchedRunner(backend, settings, Metrics(), max_queue=16)
+    await runner.start()
+    try:
+        rows = [np.full((1, 3, s, s), v, np.float32) for s, v in ((160, 1.0), (320, 2.0), (160, 3.0), (320, 4.0))]
+        outs = await asyncio.gather(*(runner.infer("detector", {"input": r}, INTERNAL) for r in rows))
+    finally:
+        await runner.aclose()
+    assert [float(o["out"][0, 0]) for o in outs] == [1.0, 2.0, 3.0, 4.0]
+    assert sorted(backend.calls) == [(2, 3, 160, 160), (2, 3, 320, 320)]

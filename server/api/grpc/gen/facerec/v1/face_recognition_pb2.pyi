@@ -27,7 +27,7 @@ class Point(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
 class Face(_message.Message):
-    __slots__ = ("x1", "y1", "x2", "y2", "landmark_68", "eye_dist", "face_luminance", "face_occlusion", "face_quality", "left_eye_closed", "right_eye_closed", "mouth_opened", "pitch", "yaw", "roll", "faces_found", "detection_score")
+    __slots__ = ("x1", "y1", "x2", "y2", "landmark_68", "eye_dist", "face_luminance", "face_occlusion", "face_quality", "left_eye_closed", "right_eye_closed", "mouth_opened", "pitch", "yaw", "roll", "faces_found", "detection_score", "orientation_correction")
     X1_FIELD_NUMBER: _ClassVar[int]
     Y1_FIELD_NUMBER: _ClassVar[int]
     X2_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Face(_message.Message):
     ROLL_FIELD_NUMBER: _ClassVar[int]
     FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     x1: int
     y1: int
     x2: int
@@ -62,7 +63,8 @@ class Face(_message.Message):
     roll: float
     faces_found: int
     detection_score: float
-    def __init__(self, x1: _Optional[int] = ..., y1: _Optional[int] = ..., x2: _Optional[int] = ..., y2: _Optional[int] = ..., landmark_68: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., eye_dist: _Optional[float] = ..., face_luminance: _Optional[float] = ..., face_occlusion: _Optional[float] = ..., face_quality: _Optional[float] = ..., left_eye_closed: _Optional[float] = ..., right_eye_closed: _Optional[float] = ..., mouth_opened: _Optional[float] = ..., pitch: _Optional[float] = ..., yaw: _Optional[float] = ..., roll: _Optional[float] = ..., faces_found: _Optional[int] = ..., detection_score: _Optional[float] = ...) -> None: ...
+    orientation_correction: int
+    def __init__(self, x1: _Optional[int] = ..., y1: _Optional[int] = ..., x2: _Optional[int] = ..., y2: _Optional[int] = ..., landmark_68: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., eye_dist: _Optional[float] = ..., face_luminance: _Optional[float] = ..., face_occlusion: _Optional[float] = ..., face_quality: _Optional[float] = ..., left_eye_closed: _Optional[float] = ..., right_eye_closed: _Optional[float] = ..., mouth_opened: _Optional[float] = ..., pitch: _Optional[float] = ..., yaw: _Optional[float] = ..., roll: _Optional[float] = ..., faces_found: _Optional[int] = ..., detection_score: _Optional[float] = ..., orientation_correction: _Optional[int] = ...) -> None: ...
 
 class CompareFacesResponse(_message.Message):
     __slots__ = ("id", "reference", "channel", "compare_result", "compare_similarity", "created", "face1", "face2")
