@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import numpy as np
-import pytest
 import pytest_asyncio
+from harness import Harness, grpc_error
 from PIL import Image
 
-from server.api.grpc import start_grpc_server
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-from server.auth import ALL_ROLES, LOCAL_ISSUER
-from server.errors import FaceNotComparable, grpc_status
+from server.api.grpc.status import grpc_status
+from server.errors import FaceNotComparable
 from server.runtime import Runtime
-from server.service import ScanService
 
 OBAMA1, OBAMA2 = "obama_01_portrait_2012.jpg", "obama_02_congress_2009.jpg"
 TURNED = "obama_04_oval_office_2016.jpg"  # the shared photos' most turned head: yaw about 36 degrees
-COMPARE = "/v1/compare_face"
 
 
 def turned_png(data: bytes, quarter_turns: int) -> bytes:
@@ -56,13 +50,11 @@ def test_face_not_comparable_maps_like_no_face() -> None:
 # --------------------------------------------------------------------------------------------------------- HTTP
 
 
-async def post(api: Any, file1: bytes, file2: bytes) -> Any:
-    files = {"file1": ("a.png", file1, "image/png"), "file2": ("b.jpg", file2, "image/jpeg")}
-    return await api.client.post(COMPARE, headers=api.auth(), data={"channel": "WEB", "reference": "turned"},
-                                 files=files)
+async def post(api: Harness, file1: bytes, file2: bytes) -> Any:
+    return await api.http_compare(file1, file2, reference="turned", name1="a.png")
 
 
-async def test_http_quarter_turned_photo_is_compared_and_says_so(api: Any, image_bytes: Callable[[str], bytes]
+async def test_http_quarter_turned_photo_is_compared_and_says_so(api: Harness, image_bytes: Callable[[str], bytes]
                                                                  ) -> None:
     upright = (await post(api, image_bytes(OBAMA1), image_bytes(OBAMA2))).json()
     resp = await post(api, turned_png(image_bytes(OBAMA1), 1), image_bytes(OBAMA2))  # lying on its side
@@ -80,11 +72,11 @@ async def test_http_quarter_turned_photo_is_compared_and_says_so(api: Any, image
     uw, uh = (upright["face1"][k] - upright["face1"][j] for k, j in (("x2", "x1"), ("y2", "y1")))
     assert abs(w - uh) <= 0.06 * uh and abs(h - uw) <= 0.06 * uw
     assert face["x2"] <= 1024 and face["y2"] <= 820  # obama_01 is 820 x 1024 upright
-    stored = (await api.client.get(f"/v1/face-recognition/{body['id']}", headers=api.auth())).json()
+    stored = (await api.http.get(f"/v1/face-recognition/{body['id']}", headers=api.headers())).json()
     assert stored["face1"]["orientation_correction"] == 90 and stored["face1"]["roll"] == face["roll"]
 
 
-async def test_http_face_turned_too_far_is_not_comparable(api: Any, image_bytes: Callable[[str], bytes]) -> None:
+async def test_http_face_turned_too_far_is_not_comparable(api: Harness, image_bytes: Callable[[str], bytes]) -> None:
     strict_yaw(api.runtime, 25.0)
     resp = await post(api, image_bytes(OBAMA1), image_bytes(TURNED))
     assert resp.status_code == 422, resp.text
@@ -97,49 +89,23 @@ async def test_http_face_turned_too_far_is_not_comparable(api: Any, image_bytes:
 # --------------------------------------------------------------------------------------------------------- gRPC
 
 
-@dataclasses.dataclass
-class Grpc:
-    runtime: Runtime
-    stub: pb_grpc.FaceRecognitionStub
-
-    def auth(self) -> tuple[tuple[str, str], ...]:
-        issuer = self.runtime.local_issuer
-        assert issuer is not None
-        token = issuer.mint(f"co-{uuid.uuid4().hex[:8]}", "alice", ALL_ROLES, 600,
-                            audience=self.runtime.settings.auth_audience, issuer=LOCAL_ISSUER)
-        return (("authorization", f"Bearer {token}"),)
-
-
 @pytest_asyncio.fixture
-async def rpc(start_runtime: Any) -> AsyncIterator[Grpc]:
-    runtime = await start_runtime()
-    server = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield Grpc(runtime, pb_grpc.FaceRecognitionStub(channel))
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await runtime.aclose()
+async def rpc(serve_target: Any) -> AsyncIterator[Harness]:
+    async with serve_target(with_grpc=True) as h:
+        yield h
 
 
-async def test_grpc_half_turned_photo_reports_the_correction(rpc: Grpc, image_bytes: Callable[[str], bytes]) -> None:
-    req = pb.CompareFacesRequest(channel="WEB", reference="turned", file1=turned_png(image_bytes(OBAMA1), 2),
-                                 file2=image_bytes(OBAMA2))
-    resp = await rpc.stub.CompareFaces(req, metadata=rpc.auth(), timeout=120)
+async def test_grpc_half_turned_photo_reports_the_correction(rpc: Harness, image_bytes: Callable[[str], bytes]) -> None:
+    resp = await rpc.grpc_compare(turned_png(image_bytes(OBAMA1), 2), image_bytes(OBAMA2), reference="turned")
     assert resp.compare_result == "Same person"
     assert resp.face1.orientation_correction == 180 and resp.face2.orientation_correction == 0
     assert abs(abs(resp.face1.roll) - 180.0) <= 5.0  # upside down: roll near +-180, not near 0
 
 
-async def test_grpc_face_turned_too_far_is_failed_precondition(rpc: Grpc, image_bytes: Callable[[str], bytes]
+async def test_grpc_face_turned_too_far_is_failed_precondition(rpc: Harness, image_bytes: Callable[[str], bytes]
                                                                ) -> None:
     strict_yaw(rpc.runtime, 25.0)
-    req = pb.CompareFacesRequest(channel="WEB", reference="turned", file1=image_bytes(TURNED),
-                                 file2=image_bytes(OBAMA2))
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await rpc.stub.CompareFaces(req, metadata=rpc.auth(), timeout=120)
-    err = info.value
+    err = await grpc_error(rpc.grpc_compare(image_bytes(TURNED), image_bytes(OBAMA2), reference="turned"))
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
     trailers = dict(err.trailing_metadata() or ())
     assert trailers == {"facerec-error-code": "face_not_comparable", "facerec-error-field": "file1"}
