@@ -12,6 +12,7 @@ import uvicorn
 from litestar import Litestar
 
 from server.api.http import RequestIdLogFilter
+from server.api.http.protocol import HttpLimits, guarded_protocol
 from server.app import create_app, stop_grpc
 from server.memory import limit_arenas
 from server.settings import Settings
@@ -71,6 +72,16 @@ class _Server(uvicorn.Server):
 KEEP_ALIVE_S = 65
 
 
+def hardened_uvicorn_options(settings: Settings) -> dict[str, object]:
+    """uvicorn options that bound what a connection may cost before the app sees its request.
+
+    The protocol enforces header size and count, the time to receive headers and body, and closes connections
+    answered early with a lingering close (``server/api/http/protocol.py``); no WebSocket route exists, so
+    upgrades are not offered.
+    """
+    return {"http": guarded_protocol(HttpLimits.from_settings(settings)), "ws": "none"}
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     limit_arenas()  # before the thread pools exist: arenas are created per thread
@@ -85,6 +96,7 @@ def serve(settings: Settings) -> int:
         # Longer than clients' and load balancers' idle timeouts (httpx 5 s, ALB 60 s): with uvicorn's 5 s default a
         # pooled connection could be closed just as a client reused it (one ReadError in a 10-minute soak).
         timeout_keep_alive=KEEP_ALIVE_S,
+        **hardened_uvicorn_options(settings),  # type: ignore[arg-type]
     )
     server = _Server(config, app)
     hint = token_hint(settings)

@@ -63,6 +63,11 @@ class Settings:
     min_image_side: int = 32
     max_image_side: int = 20_000
     request_timeout_s: float = 30.0
+    # What a connection may cost before the app sees its request (enforced by server/api/http/protocol.py).
+    max_header_bytes: int = 32 * 1024  # request line + headers; room for a 16 KiB token
+    max_header_count: int = 100
+    header_timeout_s: float = 10.0  # from connecting (or a request's first byte) to the end of its headers
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
 
     # --- auth (no issuer -> local issuer with a key in data_dir)
     auth_issuer: str | None = None
@@ -96,6 +101,10 @@ class Settings:
             (self.max_file_bytes >= 1 and self.max_request_bytes >= self.max_file_bytes,
              "FACEREC_MAX_REQUEST_BYTES must be >= FACEREC_MAX_FILE_BYTES >= 1"),
             (self.request_timeout_s > 0, "FACEREC_REQUEST_TIMEOUT_S must be > 0"),
+            (self.max_header_bytes >= 1024, "FACEREC_MAX_HEADER_BYTES must be >= 1024"),
+            (self.max_header_count >= 8, "FACEREC_MAX_HEADER_COUNT must be >= 8"),
+            (self.header_timeout_s > 0 and self.body_timeout_s > 0,
+             "FACEREC_HEADER_TIMEOUT_S and FACEREC_BODY_TIMEOUT_S must be > 0"),
             (self.retention_days is None or self.retention_days >= 1, "FACEREC_RETENTION_DAYS must be >= 1"),
         ]
         for ok, message in checks:
