@@ -115,13 +115,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         cors = CORSConfig(allow_origins=list(settings.cors_origins),
                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                           expose_headers=["X-Request-ID", "Retry-After"])
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTE_HANDLERS,
         lifespan=[_lifespan(settings, runtime)],
         dependencies={"principal": Provide(provide_principal),
                       "service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware(), CancelOnDisconnect(COMPARE_PATHS)],
+        middleware=[CancelOnDisconnect(COMPARE_PATHS)],
         before_send=[add_security_headers],
         request_max_body_size=settings.max_request_bytes,
         cors_config=cors,
@@ -131,3 +131,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         state=State(state),
         debug=False,
     )
+    _log_every_request(app)
+    return app
+
+
+def _log_every_request(app: Litestar) -> None:
+    """Put the request context (id, access line, latency metric) around routing itself, so requests that match
+    no route (404, 405) are logged and counted too: Litestar runs app-level middleware only for routed ones."""
+    app.asgi_handler = RequestContextMiddleware()(app.asgi_handler)

@@ -15,6 +15,7 @@ from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate
 from server.errors import DeadlineExceeded, InvalidField, InvalidId, NoFace
 from server.inference.decode import DecodeLimits, decode_image
 from server.inference.pipeline import FaceResult
+from server.logsafe import safe_text
 from server.runtime import CallContext, Runtime, call_context
 
 log = logging.getLogger(__name__)
@@ -132,5 +133,6 @@ class ScanService:
         sid = parse_scan_id(scan_id)
         await self.runtime.store.delete(principal.company_id, sid)
         # The audit record: who and what in the message itself (a plain log format drops ``extra`` fields).
-        log.info("scan %s deleted by user %r of company %r", sid, principal.user_id, principal.company_id,
+        log.info("scan %s deleted by user '%s' of company '%s'", sid, safe_text(principal.user_id),
+                 safe_text(principal.company_id),
                  extra={"scan_id": str(sid), "company_id": principal.company_id, "user_id": principal.user_id})

@@ -15,6 +15,9 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.disconnect import access_status, client_gone, noting_disconnect
+from server.logsafe import safe_path, safe_text
+
 REQUEST_ID_HEADER = "x-request-id"
 # Sent on every response (added where a handler did not set its own): no MIME sniffing, no referrer leaking
 # ids in URLs to other sites, no framing, and no caching of responses that hold personal data.
@@ -77,9 +80,13 @@ class RequestContextMiddleware(ASGIMiddleware):
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
+        completed = False  # the whole answer was handed over before the client was known to be gone
+        receive = noting_disconnect(scope, receive)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, completed
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = not client_gone(scope)
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
@@ -93,9 +100,11 @@ class RequestContextMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send_with_id)
         finally:
             # One access record per request, inside its context so it carries the request id. The path has no
-            # query string (filters may hold callers' references) and no header is logged (tokens).
-            access_log.info("%s %s %d %.1f ms", scope.get("method", ""), scope.get("path", ""), status,
-                            (time.perf_counter() - started) * 1000.0)
+            # query string (filters may hold callers' references) and no header is logged (tokens); what the
+            # client sent is escaped so it cannot forge or hide a line.
+            status = access_status(scope, status, completed)
+            access_log.info("%s %s %d %.1f ms", safe_text(scope.get("method", "")), safe_path(scope.get("path", "")),
+                            status, (time.perf_counter() - started) * 1000.0)
             request_id_var.reset(token)
             runtime = scope["litestar_app"].state.get("runtime")
             if runtime is not None:
