@@ -82,7 +82,8 @@ ENTITY_RESPONSES: dict[int, ResponseSpec] = {
 # Reads and writes of the store answer 503 while the database is unreachable.
 _STORE_UNAVAILABLE = problem("Temporarily unavailable (e.g. the database); retry after `Retry-After` seconds")
 ENTITY_RESPONSES[503] = _STORE_UNAVAILABLE
-UPDATE_RESPONSES: dict[int, ResponseSpec] = {**ENTITY_RESPONSES, 413: problem("The request body is over the limit")}
+UPDATE_RESPONSES: dict[int, ResponseSpec] = {**ENTITY_RESPONSES, 413: problem("The request body is over the limit"),
+                                             415: problem("The body is not `application/json`")}
 LIST_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 503: _STORE_UNAVAILABLE}
 DELETE_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 404: ENTITY_RESPONSES[404], 503: _STORE_UNAVAILABLE}
 READY_RESPONSES: dict[int, ResponseSpec] = {
@@ -116,3 +117,20 @@ class CompareFormOperation(Operation):
                 "UpdateScan": Link(operation_id=UPDATE_SCAN, parameters=by_id, description="Update it"),
                 "DeleteScan": Link(operation_id=DELETE_SCAN, parameters=by_id, description="Delete it"),
             }
+
+
+@dataclass
+class UpdateBodyOperation(Operation):
+    """The update body is read by hand (after the caller is authorised, within a size limit): described here."""
+
+    def __post_init__(self) -> None:
+        schema = Schema(
+            type=OpenAPIType.OBJECT, additional_properties=False,
+            properties={
+                "compareResult": Schema(type=OpenAPIType.STRING, enum=["Same person", "Different person"]),
+                "compareSimilarity": Schema(type=OpenAPIType.NUMBER, minimum=0.0, maximum=1.0),
+                "salesChannel": Schema(type=OpenAPIType.STRING, enum=["WEB", "MOBILE", "OTHER"]),
+                "reference": Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+            },
+        )
+        self.request_body = RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema)})
