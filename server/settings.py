@@ -78,6 +78,7 @@ class Settings:
     auth_roles_claim: str = "roles"
     auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
     auth_leeway_s: int = 30
+    auth_max_ttl_s: int = 86_400  # longest token lifetime accepted (exp - iat, and exp - now)
 
     # --- serving
     host: str = "127.0.0.1"
@@ -105,6 +106,7 @@ class Settings:
             (self.max_header_count >= 8, "FACEREC_MAX_HEADER_COUNT must be >= 8"),
             (self.header_timeout_s > 0 and self.body_timeout_s > 0,
              "FACEREC_HEADER_TIMEOUT_S and FACEREC_BODY_TIMEOUT_S must be > 0"),
+            (self.auth_max_ttl_s >= 60, "FACEREC_AUTH_MAX_TTL_S must be >= 60"),
             (self.retention_days is None or self.retention_days >= 1, "FACEREC_RETENTION_DAYS must be >= 1"),
         ]
         for ok, message in checks:
