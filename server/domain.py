@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import enum
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from server.errors import InvalidField
+
+MAX_REFERENCE = 255
+# Refused anywhere in a reference: controls, format characters (bidi overrides and isolates, zero-width spaces
+# and joiners, BOM), line/paragraph separators, surrogates, private-use and unassigned code points. They hide,
+# reorder or break the text a person reads in a UI, a log or a spreadsheet export.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+# Letters and symbols that render as nothing: alone they make an invisible reference.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def check_reference(value: str | None) -> str:
+    """A caller's ``reference`` as stored and searched: 1-255 characters after trimming, every one of them allowed
+    and at least one visible; :class:`InvalidField` (400) naming the rule otherwise. One rule for create, update
+    and the list filter, over HTTP and gRPC."""
+    ref = (value or "").strip()
+    if not 1 <= len(ref) <= MAX_REFERENCE:
+        raise InvalidField(f"reference must be 1-{MAX_REFERENCE} characters", field="reference")
+    if any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in ref):
+        raise InvalidField("reference must not contain control, format (bidi, zero-width) or line-separator "
+                           "characters", field="reference")
+    if not any(_visible(ch) for ch in ref):
+        raise InvalidField("reference must contain a visible character", field="reference")
+    return ref
+
+
+def _visible(ch: str) -> bool:
+    # Letters, digits, punctuation and symbols show; marks (combining accents) and spaces alone do not.
+    return unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_GLYPHS
 
 
 class Channel(enum.StrEnum):

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from server.analysis.calibration import ScoreCalibration
 from server.auth import LocalIssuer, TokenVerifier
 from server.errors import Unavailable
+from server.files import ensure_private_dir
 from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec, load_spec
 from server.inference.batcher import Batcher
 from server.inference.pipeline import FacePipeline, PipelineConfig
@@ -229,7 +230,7 @@ class Runtime:
                     store: ScanStore | None = None, metrics: Metrics | None = None) -> Runtime:
         """Load models, open the store (migrating it) and start the batchers."""
         metrics = metrics or Metrics()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.data_dir)
         local_issuer = LocalIssuer.load_or_create(settings.data_dir) if settings.local_issuer else None
         verifier = TokenVerifier.from_settings(settings, local_issuer)
         backend = backend or await _backend_or_pending(settings)

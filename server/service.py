@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
-from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate
+from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate, check_reference
 from server.errors import DeadlineExceeded, InvalidField, InvalidId, NoFace
 from server.inference.decode import DecodeLimits, decode_image
 from server.inference.pipeline import FaceResult
@@ -20,7 +19,6 @@ from server.runtime import CallContext, Runtime, call_context
 
 log = logging.getLogger(__name__)
 
-MAX_REFERENCE = 255
 FIRST_STAGE = "detector"  # the model every compare queues for first
 
 
@@ -33,13 +31,8 @@ def parse_channel(value: str | None) -> Channel:
 
 
 def validate_reference(value: str | None) -> str:
-    """1-255 printable characters (no control characters)."""
-    ref = (value or "").strip()
-    if not 1 <= len(ref) <= MAX_REFERENCE:
-        raise InvalidField(f"reference must be 1-{MAX_REFERENCE} characters", field="reference")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in ref):
-        raise InvalidField("reference must not contain control characters", field="reference")
-    return ref
+    """The reference rule of :func:`server.domain.check_reference`."""
+    return check_reference(value)
 
 
 def parse_scan_id(value: str) -> uuid.UUID:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import UTC, datetime
 
-from server.domain import SORTABLE_FIELDS, Channel, CompareResult, ScanQuery
+from server.domain import SORTABLE_FIELDS, Channel, CompareResult, ScanQuery, check_reference
 from server.errors import InvalidField
 
 MAX_PAGE_SIZE = 200
 # page * size is a row offset: bounded so no database integer overflows (SQLite's is 64-bit, Python's is not).
 MAX_OFFSET = 2**31 - 1
-MAX_REFERENCE = 255
 
 
 def parse_sort(values: list[str] | None) -> tuple[tuple[str, bool], ...]:
@@ -45,13 +43,12 @@ def parse_time(value: str | None, field: str) -> datetime | None:
 
 
 def parse_reference_filter(value: str | None) -> str | None:
-    """The exact-match reference filter; one no stored reference could equal (too long, control characters) is a
-    400 rather than a query (PostgreSQL refuses NUL in text outright)."""
+    """The exact-match reference filter; one no stored reference could equal (the reference rule of
+    :func:`server.domain.check_reference`) is a 400 rather than a query (PostgreSQL refuses NUL in text outright).
+    The value is matched as sent: stored references are trimmed, so a padded filter matches nothing."""
     if not value:
         return None
-    if len(value) > MAX_REFERENCE or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise InvalidField(f"reference must be 1-{MAX_REFERENCE} characters without control characters",
-                           field="reference")
+    check_reference(value)
     return value
 
 
