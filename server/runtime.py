@@ -18,6 +18,7 @@ from server.errors import Unavailable
 from server.files import ensure_private_dir
 from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec, load_spec
 from server.inference.batcher import Batcher
+from server.inference.decode_budget import MB, MemoryBudget
 from server.inference.pipeline import FacePipeline, PipelineConfig
 from server.metrics import Metrics
 from server.settings import Settings
@@ -223,6 +224,7 @@ class Runtime:
     store: ScanStore
     verifier: TokenVerifier
     local_issuer: LocalIssuer | None
+    decode_budget: MemoryBudget
     _closed: bool = field(default=False)
 
     @classmethod
@@ -245,7 +247,8 @@ class Runtime:
         specs = {m: backend.spec(m) for m in MODEL_NAMES}
         pipeline = FacePipeline(runner, specs, pipeline_config(settings), ScoreCalibration())
         log.info("runtime ready: %s, store %s", backend.description, type(store).__name__)
-        return cls(settings, metrics, backend, runner, pipeline, store, verifier, local_issuer)
+        budget = MemoryBudget(settings.decode_memory_mb * MB, metrics)
+        return cls(settings, metrics, backend, runner, pipeline, store, verifier, local_issuer, budget)
 
     async def readiness(self) -> dict[str, bool]:
         """Component health for /health/ready and gRPC health."""

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+import numpy.typing as npt
+
 from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
 from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate, check_reference
-from server.errors import DeadlineExceeded, InvalidField, InvalidId, NoFace
-from server.inference.decode import DecodeLimits, decode_image
+from server.errors import DeadlineExceeded, InvalidField, InvalidId, NoFace, Overloaded
+from server.inference.decode import DecodeLimits, decode_cost, decode_image, read_header
+from server.inference.decode_budget import ImageCost, Lease, plan_decode
 from server.inference.pipeline import FaceResult
 from server.logsafe import safe_text
 from server.runtime import CallContext, Runtime, call_context
@@ -20,6 +25,7 @@ from server.runtime import CallContext, Runtime, call_context
 log = logging.getLogger(__name__)
 
 FIRST_STAGE = "detector"  # the model every compare queues for first
+MEMORY_RETRY_MS = 1000  # a large decode takes about a second on one core
 
 
 def parse_channel(value: str | None) -> Channel:
@@ -56,7 +62,7 @@ class ScanService:
 
     async def analyze_pair(self, file1: bytes, file2: bytes, *, source: str,
                            deadline: float | None = None) -> tuple[FaceResult, FaceResult]:
-        """Decode both images off the loop, then analyse them as one batch of two."""
+        """Decode both images off the loop (within the decode memory budget), then analyse them as one batch."""
         # Admission first: with the first stage's queue full, refuse (429 + retry hint) within a millisecond,
         # before spending CPU on decoding two images for a request that would be refused anyway.
         self.runtime.runner.admit(FIRST_STAGE, 2)
@@ -66,11 +72,7 @@ class ScanService:
         token = call_context.set(CallContext(source=source, deadline=deadline))
         try:
             async with asyncio.timeout_at(deadline):
-                img1, img2 = await asyncio.gather(
-                    asyncio.to_thread(decode_image, file1, self.limits, field="file1"),
-                    asyncio.to_thread(decode_image, file2, self.limits, field="file2"),
-                )
-                r1, r2 = await self.runtime.pipeline.analyze([img1, img2])
+                r1, r2 = await self._decode_and_analyze([(file1, "file1"), (file2, "file2")], deadline)
         except TimeoutError:
             self.runtime.metrics.requests_rejected.labels(reason="deadline").inc()
             raise DeadlineExceeded("the request did not complete within its deadline") from None
@@ -81,6 +83,51 @@ class ScanService:
         if r2 is None:
             raise NoFace("no face found in file2", field="file2")
         return r1, r2
+
+    async def _decode_and_analyze(self, files: list[tuple[bytes, str]],
+                                  deadline: float) -> list[FaceResult | None]:
+        limits = self.limits
+        headers = await asyncio.to_thread(lambda: [read_header(data, limits, field=name) for data, name in files])
+        plan = plan_decode([ImageCost(*decode_cost(h)) for h in headers], self.runtime.decode_budget.capacity)
+        lease = await self._memory(plan.need, deadline)
+        loop = asyncio.get_running_loop()
+        decodes: list[asyncio.Future[npt.NDArray[np.uint8]]] = []
+        images: list[npt.NDArray[np.uint8]] = []
+
+        def decode(data: bytes, name: str) -> asyncio.Future[npt.NDArray[np.uint8]]:
+            future = loop.run_in_executor(None, functools.partial(decode_image, data, limits, field=name))
+            decodes.append(future)
+            return asyncio.shield(future)  # a cancelled request does not stop the thread: keep track of it
+
+        try:
+            if plan.together:
+                images = list(await asyncio.gather(*(decode(data, name) for data, name in files)))
+            else:  # too large to decode side by side within the budget: one after the other
+                for data, name in files:
+                    images.append(await decode(data, name))
+            lease.shrink_to(plan.kept)  # the codecs' buffers are gone; the pipeline holds the RGB arrays
+            return await self.runtime.pipeline.analyze(images)
+        finally:
+            images.clear()
+            running = [f for f in decodes if not f.done()]
+            if running:
+                # The request failed or was cancelled while a decode thread still runs: its memory stays
+                # counted until the thread ends, so departed clients cannot pile up decodes beyond the budget.
+                asyncio.gather(*running, return_exceptions=True).add_done_callback(lambda _: lease.release())
+            else:
+                lease.release()
+
+    async def _memory(self, need: int, deadline: float) -> Lease:
+        """Bytes from the decode budget, waiting at most half the time left (the rest is for the analysis)."""
+        budget = self.runtime.decode_budget
+        wait_s = max(0.0, (deadline - asyncio.get_running_loop().time()) / 2)
+        try:
+            async with asyncio.timeout(wait_s):
+                return await budget.acquire(need)
+        except TimeoutError:
+            self.runtime.metrics.requests_rejected.labels(reason="memory").inc()
+            raise Overloaded("too many large images are being decoded (FACEREC_DECODE_MEMORY_MB); retry later",
+                             retry_after_ms=MEMORY_RETRY_MS) from None
 
     async def compare(self, principal: Principal, *, channel: str | None, reference: str | None,
                       file1: bytes, file2: bytes, source: str, deadline: float | None = None) -> Scan:

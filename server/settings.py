@@ -63,6 +63,9 @@ class Settings:
     min_image_side: int = 32
     max_image_side: int = 20_000
     request_timeout_s: float = 30.0
+    # Bytes of pixels all compares together may be decoding or holding (server/inference/decode_budget.py);
+    # sized so a 2-core / 4 GB pod stays under 1.5 GB with 16 worst-case compares in flight (bench/README.md).
+    decode_memory_mb: int = 768
     # What a connection may cost before the app sees its request (enforced by server/api/http/protocol.py).
     max_header_bytes: int = 32 * 1024  # request line + headers; room for a 16 KiB token
     max_header_count: int = 100
@@ -102,6 +105,7 @@ class Settings:
             (self.max_file_bytes >= 1 and self.max_request_bytes >= self.max_file_bytes,
              "FACEREC_MAX_REQUEST_BYTES must be >= FACEREC_MAX_FILE_BYTES >= 1"),
             (self.request_timeout_s > 0, "FACEREC_REQUEST_TIMEOUT_S must be > 0"),
+            (self.decode_memory_mb >= 16, "FACEREC_DECODE_MEMORY_MB must be >= 16"),
             (self.max_header_bytes >= 1024, "FACEREC_MAX_HEADER_BYTES must be >= 1024"),
             (self.max_header_count >= 8, "FACEREC_MAX_HEADER_COUNT must be >= 8"),
             (self.header_timeout_s > 0 and self.body_timeout_s > 0,
