@@ -8,6 +8,7 @@ them, on create, update and the list filter, over HTTP and gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -46,7 +47,7 @@ def _umask(mask: int) -> Iterator[None]:
 # --------------------------------------------------------------------------- files and directories
 
 
-def test_server_creates_private_data_dir_and_database(tmp_path: Path, faces_dir: Path) -> None:
+def _server_creates_private_data_dir_and_database(tmp_path: Path, faces_dir: Path) -> None:
     data = tmp_path / "fresh" / "data"
     data.parent.mkdir()  # where ServeProcess writes the server's log
     with _umask(0o022):
@@ -71,7 +72,7 @@ def test_server_creates_private_data_dir_and_database(tmp_path: Path, faces_dir:
         proc.stop()
 
 
-def test_existing_database_files_are_tightened(tmp_path: Path) -> None:
+def _existing_database_files_are_tightened(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     db = data / "facerec.sqlite3"
@@ -92,7 +93,7 @@ def test_existing_database_files_are_tightened(tmp_path: Path) -> None:
             assert _mode(f) == 0o600, (f, oct(_mode(f)))
 
 
-def test_cli_creates_a_private_data_dir(tmp_path: Path) -> None:
+def _cli_creates_a_private_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "cli" / "data"
     with _umask(0o022):
         out = subprocess.run([sys.executable, "-m", "server", "token", "--company", "acme"],
@@ -102,6 +103,21 @@ def test_cli_creates_a_private_data_dir(tmp_path: Path) -> None:
     for d in (data, data.parent, data / "auth"):
         assert _mode(d) == 0o700, (d, oct(_mode(d)))
     assert _mode(data / "auth" / "signing-key.pem") == 0o600
+
+
+async def test_server_creates_private_data_dir_and_database(tmp_path: Path, faces_dir: Path) -> None:
+    # Blocking (a child process, sockets): off the module's event loop.
+    await asyncio.to_thread(_server_creates_private_data_dir_and_database, tmp_path, faces_dir)
+
+
+async def test_existing_database_files_are_tightened(tmp_path: Path) -> None:
+    # Blocking (a child process, sockets): off the module's event loop.
+    await asyncio.to_thread(_existing_database_files_are_tightened, tmp_path)
+
+
+async def test_cli_creates_a_private_data_dir(tmp_path: Path) -> None:
+    # Blocking (a child process, sockets): off the module's event loop.
+    await asyncio.to_thread(_cli_creates_a_private_data_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------- references

@@ -5,6 +5,7 @@ request carrying more than one ``Authorization`` header is refused instead of us
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -136,12 +137,15 @@ async def test_two_authorization_headers_are_refused(env: Edge) -> None:
 # --------------------------------------------------------------------------- the CLI mints within the cap
 
 
-def test_cli_refuses_to_mint_past_the_cap(tmp_path: Path) -> None:
+async def test_cli_refuses_to_mint_past_the_cap(tmp_path: Path) -> None:
     env = {"FACEREC_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
     run = [sys.executable, "-m", "server", "token", "--company", "acme"]
-    over = subprocess.run([*run, "--ttl", str(DAY + 1)], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
-                          check=False)
+
+    def token(ttl: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*run, "--ttl", str(ttl)], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
+                              check=False)
+
+    over = await asyncio.to_thread(token, DAY + 1)
     assert over.returncode == 2 and "FACEREC_AUTH_MAX_TTL_S" in over.stderr, over.stderr
-    ok = subprocess.run([*run, "--ttl", str(DAY)], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT,
-                        check=False)
+    ok = await asyncio.to_thread(token, DAY)
     assert ok.returncode == 0 and ok.stdout.count(".") == 2, ok.stderr

@@ -235,7 +235,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._message_open = False
         self._raw.write(problem_bytes(status, code, title, detail))
-        self._close_now()
+        if status == 408:
+            self._close_now()  # a client too slow to send its request gets no more time
+        else:
+            # The client may still be sending (a huge header): closing with its bytes unread would reset the
+            # connection and could destroy the answer in flight, so drain within the linger bounds first.
+            self.linger()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
