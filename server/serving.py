@@ -14,7 +14,7 @@ from litestar import Litestar
 from server.api.http import RequestIdLogFilter
 from server.api.http.protocol import HttpLimits, guarded_protocol
 from server.app import create_app, stop_grpc
-from server.memory import limit_arenas
+from server.memory import limit_arenas, map_large_blocks
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def hardened_uvicorn_options(settings: Settings) -> dict[str, object]:
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     limit_arenas()  # before the thread pools exist: arenas are created per thread
+    map_large_blocks()  # decoded images go back to the OS when freed (the decode memory budget counts on it)
     _install_request_id_logging(settings.log_level)
     app = create_app(settings, grpc=True)
     config = uvicorn.Config(
