@@ -19,10 +19,11 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
-from faultkit import ServeProcess
+from faultkit import PAIR, ServeProcess
 
 from server.settings import PROJECT_ROOT
 
@@ -182,6 +183,44 @@ def test_headers_within_the_limits_still_pass(server: Server) -> None:
         big = client.get(SCANS, headers={"Authorization": "Bearer " + "a" * (16 * 1024) + ".b.c"})
         assert big.status_code == 401, big.text
         assert client.get(SCANS, headers={"Authorization": f"Bearer {server.token}"}).status_code == 200
+
+
+def test_a_whole_request_in_one_read_is_not_a_header_overflow(server: Server, faces_dir: Path) -> None:
+    """Headers and a 240 KB body sent in one write (as a keep-alive client does) often arrive in one read: only
+    header bytes count towards the header limit, on every request of the connection."""
+    parts = []
+    for name, value, filename in (("channel", b"WEB", None), ("reference", b"one-read", None),
+                                  ("file1", (faces_dir / PAIR[0]).read_bytes(), "a.jpg"),
+                                  ("file2", (faces_dir / PAIR[1]).read_bytes(), "b.jpg")):
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        parts.append(f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + value + b"\r\n")
+    body = b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    head = (f"POST {COMPARE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n")
+    assert len(body) > 2 * 32 * 1024
+    with contextlib.closing(_connect(server.port)) as sock:
+        for _ in range(3):
+            sock.sendall(head.encode() + body)
+            answer = _read_answer_keep_alive(sock)
+            assert answer.status == 200, answer
+
+
+def _read_answer_keep_alive(sock: socket.socket) -> Answer:
+    """One response on a connection that stays open (no wait for the close)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed: {buf[:200]!r}"
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        rest += chunk
+    return Answer(int(lines[0].split()[1]), headers, rest[:length])
 
 
 # --------------------------------------------------------------------------- slow clients

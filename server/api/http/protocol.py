@@ -115,6 +115,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._raw: asyncio.Transport | None = None
         self._awaiting_head = True  # between requests or inside a header block
         self._head_bytes = 0
+        self._heads_completed = 0  # header blocks parsed on this connection
         self._head_count = 0
         self._head_started = False  # a byte of the current request arrived
         self._message_open = False  # a request began and its body has not fully arrived
@@ -147,14 +148,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.lingering:
             self._discard(len(data))
             return
-        was_awaiting = self._awaiting_head
+        was_awaiting, heads = self._awaiting_head, self._heads_completed
         super().data_received(data)
         if self.transport.is_closing():
             return
-        # A whole chunk that left the header block incomplete counts in full; the chunk that completes it is within
-        # the block by definition. So the parser never holds more than the limit plus one read (<= 256 KiB): its
-        # cost grows with the square of a header's size.
-        if was_awaiting and self._awaiting_head:
+        # A read in which no header block ended, and after which one is still awaited, was all header bytes: it
+        # counts in full. A read in which a block ended (a whole request, body included, often arrives in one read)
+        # does not count. So the parser never holds more than the limit plus one read (<= 256 KiB) of a header
+        # block: its cost grows with the square of a header's size.
+        if was_awaiting and self._awaiting_head and self._heads_completed == heads:
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(431, f"the request line and headers exceed {self.limits.max_header_bytes} bytes")
@@ -187,6 +189,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_head = False
         self._head_bytes = 0
+        self._heads_completed += 1
         self._head_started = False
         if self._head_timer is not None:
             self._head_timer.cancel()
