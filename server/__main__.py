@@ -97,6 +97,10 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.local_issuer:
         print("error: FACEREC_AUTH_ISSUER is set; tokens come from that issuer, not from this CLI", file=sys.stderr)
         return 2
+    if not 0 < args.ttl <= settings.auth_max_ttl_s:
+        print(f"error: --ttl must be 1..{settings.auth_max_ttl_s} s (FACEREC_AUTH_MAX_TTL_S): the server refuses "
+              "tokens that live longer", file=sys.stderr)
+        return 2
     issuer = LocalIssuer.load_or_create(settings.data_dir)
     roles = args.roles.split(",") if args.roles else sorted(ALL_ROLES)
     token = issuer.mint(args.company, args.user, roles, args.ttl, settings.auth_audience, LOCAL_ISSUER,

@@ -125,7 +125,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         dependencies={"principal": Provide(provide_principal),
                       "service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware(), CancelOnDisconnect(COMPARE_PATHS)],
+        middleware=[CancelOnDisconnect(COMPARE_PATHS)],
         before_send=[add_security_headers],
         request_max_body_size=settings.max_request_bytes,
         cors_config=cors,
@@ -145,4 +145,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
     # The document is built once; what Litestar cannot infer (security, ranges, descriptions, headers) is added
     # to that cached document, which both /schema/openapi.json and the docs page serve.
     refine_openapi(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), auth_issuer=settings.auth_issuer)
+    _log_every_request(app)
     return app
+
+
+def _log_every_request(app: Litestar) -> None:
+    """Put the request context (id, traceparent, access line, latency metric) around routing itself, so requests
+    that match no route (404, 405) are logged and counted too: Litestar runs app-level middleware only for routed
+    ones. It is the only place the context middleware is installed: one access line per request."""
+    app.asgi_handler = RequestContextMiddleware()(app.asgi_handler)

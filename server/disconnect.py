@@ -15,6 +15,39 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
+# nginx's status for "the client closed the connection before the answer": not a server fault, so not a 5xx.
+CLIENT_CLOSED = 499
+CLIENT_GONE_KEY = "facerec.client_gone"  # scope key: the client disconnected before its answer was complete
+CLOSED_STATUS_KEY = "facerec.closed_status"  # scope key: the status the HTTP protocol itself answered with
+
+
+def client_gone(scope: Scope) -> bool:
+    """Whether the request's client is known to have disconnected."""
+    return bool(scope.get(CLIENT_GONE_KEY))
+
+
+def noting_disconnect(scope: Scope, receive: Receive) -> Receive:
+    """``receive`` that marks the scope when the client disconnects (see :func:`client_gone`)."""
+
+    async def wrapped() -> ReceiveMessage:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope[CLIENT_GONE_KEY] = True  # type: ignore[literal-required]
+        return message
+
+    return wrapped
+
+
+def access_status(scope: Scope, sent: int, completed: bool) -> int:
+    """The status an access line records: what the protocol answered itself, 499 when the client left before the
+    answer was complete (whatever the app then tried to send), else what the app sent."""
+    closed = scope.get(CLOSED_STATUS_KEY)
+    if isinstance(closed, int):
+        return closed
+    if client_gone(scope) and not completed:
+        return CLIENT_CLOSED
+    return sent
+
 
 class CancelOnDisconnect(ASGIMiddleware):
     """Cancels the handler of a watched ``POST`` path when its client disconnects before the response."""

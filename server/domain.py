@@ -13,6 +13,12 @@ from server.errors import InvalidField
 
 # The longest reference a scan can hold (its column is VARCHAR(255)).
 MAX_REFERENCE = 255
+# Refused anywhere in a reference: controls, format characters (bidi overrides and isolates, zero-width spaces
+# and joiners, BOM), line/paragraph separators, surrogates, private-use and unassigned code points. They hide,
+# reorder or break the text a person reads in a UI, a log or a spreadsheet export.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+# Letters and symbols that render as nothing: alone they make an invisible reference.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 class Channel(enum.StrEnum):
@@ -49,14 +55,23 @@ class CompareResult(enum.StrEnum):
 
 
 def parse_reference(value: str | None, field: str = "reference") -> str:
-    """A reference from the wire: surrounding whitespace dropped, then 1-255 characters without control
-    characters (the one rule for compare, update and the list filter); a 400 naming ``field`` otherwise."""
+    """A reference from the wire, as stored and searched: surrounding whitespace dropped, then 1-255 characters,
+    every one of them allowed and at least one visible; a 400 naming ``field`` and the rule otherwise. The one rule
+    for compare, update and the list filter, over HTTP and gRPC."""
     ref = (value or "").strip()
     if not 1 <= len(ref) <= MAX_REFERENCE:
         raise InvalidField(f"{field} must be 1-{MAX_REFERENCE} characters", field=field)
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in ref):
-        raise InvalidField(f"{field} must not contain control characters", field=field)
+    if any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in ref):
+        raise InvalidField(f"{field} must not contain control, format (bidi, zero-width) or line-separator "
+                           "characters", field=field)
+    if not any(_visible(ch) for ch in ref):
+        raise InvalidField(f"{field} must contain a visible character", field=field)
     return ref
+
+
+def _visible(ch: str) -> bool:
+    # Letters, digits, punctuation and symbols show; marks (combining accents) and spaces alone do not.
+    return unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_GLYPHS
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,10 @@ class PayloadTooLarge(FacerecError):
     status, code, title = 413, "payload_too_large", "File or request too large"
 
 
+class UnsupportedMediaType(FacerecError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
 class UnsupportedImage(FacerecError):
     status, code, title = 415, "unsupported_image", "Not a supported image"
 

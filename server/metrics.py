@@ -22,7 +22,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _SHORT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-REJECT_REASONS = ("overloaded", "deadline", "cancelled")
+REJECT_REASONS = ("overloaded", "deadline", "cancelled", "memory")
 
 
 class Metrics:
@@ -94,6 +94,10 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.decode_memory_bytes = Gauge(
+            "facerec_decode_memory_bytes", "Bytes of the decode memory budget held by compares.", registry=r)
+        self.decode_memory_waiting = Gauge(
+            "facerec_decode_memory_waiting", "Compares waiting for the decode memory budget.", registry=r)
         self.scans = Counter("facerec_scans_total", "Scans by result.", ["result"], registry=r)
         self.inference_errors = Counter(
             "facerec_inference_errors_total", "Failed inference batches.", ["model"], registry=r

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from server.analysis.calibration import ScoreCalibration
 from server.auth import LocalIssuer, TokenVerifier
 from server.errors import Unavailable
+from server.files import ensure_private_dir
 from server.inference.admission import AdmissionGate, auto_max_in_flight
 from server.inference.backend import MODEL_NAMES, InferenceBackend
 from server.inference.batched import BatchedRunner
+from server.inference.decode_budget import MB, MemoryBudget
 from server.inference.factory import PendingBackend, backend_or_pending
 from server.inference.pipeline import MAX_ROWS_PER_IMAGE, FacePipeline, PipelineConfig
 from server.metrics import Metrics
@@ -56,6 +58,7 @@ class Runtime:
     store: ScanStore
     verifier: TokenVerifier
     local_issuer: LocalIssuer | None
+    decode_budget: MemoryBudget
     _closed: bool = field(default=False)
 
     @classmethod
@@ -63,7 +66,7 @@ class Runtime:
                     store: ScanStore | None = None, metrics: Metrics | None = None) -> Runtime:
         """Load models, open the store (migrating it) and start the batchers."""
         metrics = metrics or Metrics()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.data_dir)
         local_issuer = LocalIssuer.load_or_create(settings.data_dir) if settings.local_issuer else None
         verifier = TokenVerifier.from_settings(settings, local_issuer)
         backend = backend or await backend_or_pending(settings)
@@ -79,9 +82,10 @@ class Runtime:
         await runner.start()
         specs = {m: backend.spec(m) for m in MODEL_NAMES}
         pipeline = FacePipeline(runner, specs, pipeline_config(settings), ScoreCalibration())
-        log.info("runtime ready: %s, store %s, at most %d requests in flight", backend.description,
-                 type(store).__name__, limit)
-        return cls(settings, metrics, backend, admission, runner, pipeline, store, verifier, local_issuer)
+        log.info("runtime ready: %s, store %s, at most %d requests in flight, decode memory %d MB",
+                 backend.description, type(store).__name__, limit, settings.decode_memory_mb)
+        budget = MemoryBudget(settings.decode_memory_mb * MB, metrics)
+        return cls(settings, metrics, backend, admission, runner, pipeline, store, verifier, local_issuer, budget)
 
     async def readiness(self) -> dict[str, bool]:
         """Component health for /health/ready and gRPC health."""

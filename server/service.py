@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+import numpy.typing as npt
+
 from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
 from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate, parse_reference
-from server.errors import DeadlineExceeded, FaceNotComparable, InvalidId, NoFace
+from server.errors import DeadlineExceeded, FaceNotComparable, InvalidId, NoFace, Overloaded
+from server.inference.admission import Permit
 from server.inference.context import RequestContext
-from server.inference.decode import DecodeLimits, decode_image
+from server.inference.decode import DecodeLimits, decode_cost, decode_image, read_header
+from server.inference.decode_budget import ImageCost, Lease, plan_decode
 from server.inference.pipeline import FaceResult
+from server.logsafe import safe_text
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+MEMORY_RETRY_MS = 1000  # a large decode takes about a second on one core
 
 def parse_scan_id(value: str) -> uuid.UUID:
     """A scan id must be a UUID (400 otherwise)."""
@@ -41,24 +50,23 @@ class ScanService:
 
     async def analyze_pair(self, file1: bytes, file2: bytes, *, source: str,
                            deadline: float | None = None) -> tuple[FaceResult, FaceResult]:
-        """Decode both images off the loop, then analyse them as one batch of two.
+        """Decode both images off the loop (within the decode memory budget), then analyse them as one batch.
 
-        The request holds one admission permit from before decoding until it ends: with the gate full it is
-        refused at once (429 + retry hint) without spending CPU on images that would wait anyway, and once
-        admitted it is never refused later.
+        Admission comes first and has two steps, both before any pixel is decoded: a permit from the gate
+        (refused at once when it is full, 429 ``overloaded``), then the decode memory the two images need,
+        waited for in arrival order up to half the deadline (429 ``memory`` when it does not come: see
+        :meth:`_memory`). A request refused at either step has done no work; once both are granted it is admitted
+        for good and never refused later (only its deadline or its departed client can end it).
         """
-        with self.runtime.admission.admit():
+        with self.runtime.admission.admit() as permit:
             loop = asyncio.get_running_loop()
             if deadline is None:
                 deadline = loop.time() + self.runtime.settings.request_timeout_s
             ctx = RequestContext(source=source, deadline=deadline)
             try:
                 async with asyncio.timeout_at(deadline):
-                    img1, img2 = await asyncio.gather(
-                        asyncio.to_thread(decode_image, file1, self.limits, field="file1"),
-                        asyncio.to_thread(decode_image, file2, self.limits, field="file2"),
-                    )
-                    r1, r2 = await self.runtime.pipeline.analyze([img1, img2], ctx)
+                    r1, r2 = await self._decode_and_analyze([(file1, "file1"), (file2, "file2")], ctx, deadline,
+                                                            permit)
             except TimeoutError:
                 raise DeadlineExceeded("the request did not complete within its deadline") from None
         if r1 is None:
@@ -70,6 +78,59 @@ class ScanService:
                 raise FaceNotComparable(f"a face was found in {name} but cannot be compared reliably: "
                                         f"{r.not_comparable}", field=name)
         return r1, r2
+
+    async def _decode_and_analyze(self, files: list[tuple[bytes, str]], ctx: RequestContext, deadline: float,
+                                  permit: Permit) -> list[FaceResult | None]:
+        limits = self.limits
+        # Headers only (no pixels): a bad or oversized image is refused here, and the rest priced for the budget.
+        headers = await asyncio.to_thread(lambda: [read_header(data, limits, field=name) for data, name in files])
+        plan = plan_decode([ImageCost(*decode_cost(h)) for h in headers], self.runtime.decode_budget.capacity)
+        lease = await self._memory(plan.need, deadline, permit)
+        loop = asyncio.get_running_loop()
+        decodes: list[asyncio.Future[npt.NDArray[np.uint8]]] = []
+        images: list[npt.NDArray[np.uint8]] = []
+
+        def decode(data: bytes, name: str) -> asyncio.Future[npt.NDArray[np.uint8]]:
+            # In a copy of this context (as asyncio.to_thread does), so the decode span joins the request's trace.
+            call = functools.partial(contextvars.copy_context().run, decode_image, data, limits, field=name)
+            future = loop.run_in_executor(None, call)
+            decodes.append(future)
+            return asyncio.shield(future)  # a cancelled request does not stop the thread: keep track of it
+
+        try:
+            if plan.together:
+                images = list(await asyncio.gather(*(decode(data, name) for data, name in files)))
+            else:  # too large to decode side by side within the budget: one after the other
+                for data, name in files:
+                    images.append(await decode(data, name))
+            lease.shrink_to(plan.kept)  # the codecs' buffers are gone; the pipeline holds the RGB arrays
+            return await self.runtime.pipeline.analyze(images, ctx)
+        finally:
+            images.clear()
+            running = [f for f in decodes if not f.done()]
+            if running:
+                # The request failed or was cancelled while a decode thread still runs: its memory stays
+                # counted until the thread ends, so departed clients cannot pile up decodes beyond the budget.
+                asyncio.gather(*running, return_exceptions=True).add_done_callback(lambda _: lease.release())
+            else:
+                lease.release()
+
+    async def _memory(self, need: int, deadline: float, permit: Permit) -> Lease:
+        """Bytes from the decode budget, waiting at most half the time left (the rest is for the analysis).
+
+        The wait is the last step of admission: the request holds its gate permit meanwhile (so the gate also
+        bounds how many wait), and one that gets no memory in time is refused as ``memory`` (429 with a retry
+        hint), counted as refused rather than admitted: it has decoded nothing and queued for no model.
+        """
+        budget = self.runtime.decode_budget
+        wait_s = max(0.0, (deadline - asyncio.get_running_loop().time()) / 2)
+        try:
+            async with asyncio.timeout(wait_s):
+                return await budget.acquire(need)
+        except TimeoutError:
+            permit.refuse("memory")
+            raise Overloaded("too many large images are being decoded (FACEREC_DECODE_MEMORY_MB); retry later",
+                             retry_after_ms=MEMORY_RETRY_MS) from None
 
     async def compare(self, principal: Principal, *, channel: str | None, reference: str | None,
                       file1: bytes, file2: bytes, source: str, deadline: float | None = None) -> Scan:
@@ -109,6 +170,8 @@ class ScanService:
         require_role(principal, ROLE_DELETE)
         sid = parse_scan_id(scan_id)
         await self.runtime.store.delete(principal.company_id, sid)
-        # The audit record: who and what in the message itself (a plain log format drops ``extra`` fields).
-        log.info("scan %s deleted by user %r of company %r", sid, principal.user_id, principal.company_id,
-                 extra={"scan_id": str(sid), "company_id": principal.company_id, "user_id": principal.user_id})
+        # The audit record: who and what in the message itself (a plain log format drops ``extra`` fields). The
+        # claims come from the caller's token: escaped in the message and in the JSON members alike.
+        user, company = safe_text(principal.user_id), safe_text(principal.company_id)
+        log.info("scan %s deleted by user '%s' of company '%s'", sid, user, company,
+                 extra={"scan_id": str(sid), "company_id": company, "user_id": user})

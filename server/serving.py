@@ -13,9 +13,10 @@ import uvicorn
 from litestar import Litestar
 
 from server import tracing
+from server.api.http.protocol import HttpLimits, guarded_protocol
 from server.app import create_app, stop_grpc
 from server.logs import TEXT_FORMAT, configure_logging
-from server.memory import limit_arenas
+from server.memory import limit_arenas, map_large_blocks
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,20 @@ class _Server(uvicorn.Server):
 KEEP_ALIVE_S = 65
 
 
+def hardened_uvicorn_options(settings: Settings) -> dict[str, object]:
+    """uvicorn options that bound what a connection may cost before the app sees its request.
+
+    The protocol enforces header size and count, the time to receive headers and body, and closes connections
+    answered early with a lingering close (``server/api/http/protocol.py``); no WebSocket route exists, so
+    upgrades are not offered.
+    """
+    return {"http": guarded_protocol(HttpLimits.from_settings(settings)), "ws": "none"}
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
     limit_arenas()  # before the thread pools exist: arenas are created per thread
+    map_large_blocks()  # decoded images go back to the OS when freed (the decode memory budget counts on it)
     configure_logging(settings.log_level, settings.log_format)
     try:
         tracing.configure(settings.tracing)
@@ -82,6 +94,7 @@ def serve(settings: Settings) -> int:
         # Longer than clients' and load balancers' idle timeouts (httpx 5 s, ALB 60 s): with uvicorn's 5 s default a
         # pooled connection could be closed just as a client reused it (one ReadError in a 10-minute soak).
         timeout_keep_alive=KEEP_ALIVE_S,
+        **hardened_uvicorn_options(settings),  # type: ignore[arg-type]
     )
     server = _Server(config, app)
     hint = token_hint(settings)

@@ -76,6 +76,14 @@ class Settings:
     min_image_side: int = 32
     max_image_side: int = 20_000
     request_timeout_s: float = 30.0
+    # Bytes of pixels all compares together may be decoding or holding (server/inference/decode_budget.py);
+    # sized so a 2-core / 4 GB pod stays under 1.5 GB with 16 worst-case compares in flight (bench/README.md).
+    decode_memory_mb: int = 768
+    # What a connection may cost before the app sees its request (enforced by server/api/http/protocol.py).
+    max_header_bytes: int = 32 * 1024  # request line + headers; room for a 16 KiB token
+    max_header_count: int = 100
+    header_timeout_s: float = 10.0  # from connecting (or a request's first byte) to the end of its headers
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
 
     # --- auth (no issuer -> local issuer with a key in data_dir)
     auth_issuer: str | None = None
@@ -86,6 +94,7 @@ class Settings:
     auth_roles_claim: str = "roles"
     auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
     auth_leeway_s: int = 30
+    auth_max_ttl_s: int = 86_400  # longest token lifetime accepted (exp - iat, and exp - now)
 
     # --- serving
     host: str = "127.0.0.1"
@@ -271,9 +280,15 @@ CHECKS: dict[str, Check] = {
     "min_image_side": at_least(1),
     "max_image_side": at_least(1),
     "request_timeout_s": above(0),
+    "decode_memory_mb": at_least(16),
+    "max_header_bytes": at_least(1024),
+    "max_header_count": at_least(8),
+    "header_timeout_s": above(0),
+    "body_timeout_s": above(0),
     "auth_issuer": url("https", "http"),
     "auth_jwks_url": url("https", "http"),
     "auth_leeway_s": between(0, 600),
+    "auth_max_ttl_s": at_least(60),
     "port": port(),
     "grpc_port": port(zero="disables gRPC"),
     "log_level": one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", case=False),

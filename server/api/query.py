@@ -43,10 +43,11 @@ def parse_time(value: str | None, field: str) -> datetime | None:
 
 
 def parse_reference_filter(value: str | None) -> str | None:
-    """The exact-match reference filter: absent or blank is no filter; otherwise the rule of a stored reference
-    (one no stored reference could equal, too long or with control characters, is a 400 rather than a query:
-    PostgreSQL refuses NUL in text outright)."""
-    if not value or not value.strip():
+    """The exact-match reference filter: absent or empty is no filter (proto3 cannot tell them apart); anything
+    else follows the rule of a stored reference, :func:`server.domain.parse_reference`, trimmed like one: a filter
+    no stored reference could equal (too long; control, bidi or zero-width characters; only whitespace or nothing
+    visible) is a 400 rather than a query (PostgreSQL refuses NUL in text outright)."""
+    if not value:
         return None
     return parse_reference(value)
 

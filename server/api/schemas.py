@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 
-from server.domain import MAX_REFERENCE, Channel, CompareResult, FaceAnalysis, Page, Scan
+from server.domain import MAX_REFERENCE, Channel, CompareResult, FaceAnalysis, Page, Scan, ScanUpdate
+from server.errors import InvalidField
 
 
 def wire_time(dt: datetime | None) -> str | None:
@@ -135,16 +137,46 @@ def _one_of(values: list[str]) -> msgspec.Meta:
                                            "extra": {"enum": [*values, None]}})
 
 
-class ScanUpdateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
-    """Body of ``PUT /v1/face-recognition/{id}``; every field optional. Server-owned fields are ignored.
+class ScanUpdateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Body of ``PUT /v1/face-recognition/{id}``; every field optional (null = unchanged). The entity's
+    server-owned fields are accepted and ignored by :func:`scan_update_of`, any other key is a 400.
 
-    Values are checked by ``ScanUpdate.parse``, the rules gRPC's UpdateScan uses too (400 naming the field).
+    Types are strict (``"0.5"`` is no number); values are checked by ``ScanUpdate.parse``, the rules gRPC's
+    UpdateScan uses too (400 naming the field). The OpenAPI request body is generated from this struct.
     """
 
     compare_result: Annotated[str, _one_of([r.value for r in CompareResult])] | None = None
     compare_similarity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     sales_channel: Annotated[str, _one_of([c.value for c in Channel])] | None = None
     reference: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REFERENCE)] | None = None
+
+
+UPDATABLE_FIELDS = ("compareResult", "compareSimilarity", "salesChannel", "reference")
+# The entity's own fields: a client that PUTs back what it read sends them; they are accepted and ignored.
+SERVER_OWNED_FIELDS = frozenset({"id", "companyId", "createdDate", "updatedDate", "createdById", "updatedById",
+                                 "elapsedTime", "face1", "face2"})
+_MAX_NAMED = 10
+_AT_FIELD = re.compile(r"^(?P<why>.*?)(?: - at `\$\.(?P<field>[A-Za-z]+)`)?$", re.DOTALL)
+
+
+def scan_update_of(body: dict[str, Any]) -> ScanUpdate:
+    """The change a PUT body asks for. Unknown or wrongly-cased keys are a 400 naming them (they would otherwise
+    be silently dropped), and values are taken exactly as typed (``"0.5"`` is not a number), then by the domain's
+    wire rules (:meth:`ScanUpdate.parse`: case-insensitive channel and verdict, the reference rule)."""
+    unknown = sorted(k for k in body if k not in UPDATABLE_FIELDS and k not in SERVER_OWNED_FIELDS)
+    if unknown:
+        named = ", ".join(k[:64] for k in unknown[:_MAX_NAMED]) + (", ..." if len(unknown) > _MAX_NAMED else "")
+        raise InvalidField(f"unknown field(s): {named}; the fields that can change are "
+                           f"{', '.join(UPDATABLE_FIELDS)} (camelCase)", field=unknown[0][:64])
+    try:
+        data = msgspec.convert({k: body[k] for k in UPDATABLE_FIELDS if k in body}, ScanUpdateIn, strict=True)
+    except msgspec.ValidationError as exc:
+        match = _AT_FIELD.match(str(exc))
+        field = match["field"] if match and match["field"] else None
+        why = match["why"] if match else str(exc)
+        raise InvalidField(f"invalid value for {field or 'the body'}: {why}", field=field) from None
+    return ScanUpdate.parse(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
+                            sales_channel=data.sales_channel, reference=data.reference)
 
 
 class Problem(msgspec.Struct, omit_defaults=True):

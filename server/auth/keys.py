@@ -19,6 +19,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from server.files import ensure_private_dir
+
 log = logging.getLogger(__name__)
 
 LOCAL_ISSUER = "facerec-local"
@@ -62,8 +64,8 @@ class LocalIssuer:
     def load_or_create(cls, data_dir: Path) -> LocalIssuer:
         """Load ``data_dir/auth/signing-key.pem``, creating it (mode 0600, dir 0700) the first time."""
         key_dir = Path(data_dir) / KEY_DIR_NAME
-        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkdir's mode is filtered by the umask and ignored for an existing dir: set it outright.
+        ensure_private_dir(key_dir)  # and the data dir above it, when this creates it (`facerec token`)
+        # An existing key dir is tightened outright: it holds the signing key.
         os.chmod(key_dir, 0o700)
         path = key_dir / KEY_FILE_NAME
         if not path.exists():

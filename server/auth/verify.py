@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 import urllib.parse
@@ -39,6 +40,8 @@ SUPPORTED_ALGORITHMS = frozenset({*_RSA_ALGORITHMS, *_EC_CURVES, "EdDSA"})
 # Bounds the work an unauthenticated caller can make us do; real tokens are a few KiB at most.
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
+# Tokens cannot be revoked, so their lifetime is capped (FACEREC_AUTH_MAX_TTL_S); 24 h admits IdP defaults.
+DEFAULT_MAX_TTL_S = 86_400
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -317,6 +320,8 @@ class TokenVerifier:
         leeway_s: float = 30,
         company_claim: str = "company_id",
         roles_claim: str = "roles",
+        max_ttl_s: float = DEFAULT_MAX_TTL_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         bad = [alg for alg in algorithms if alg not in SUPPORTED_ALGORITHMS]
         if bad or not algorithms:
@@ -330,6 +335,8 @@ class TokenVerifier:
         self._leeway_s = leeway_s
         self._company_claim = company_claim
         self._roles_claim = roles_claim
+        self._max_ttl_s = max_ttl_s
+        self._clock = clock
 
     @classmethod
     def from_settings(cls, settings: Settings, local_issuer: LocalIssuer | None) -> TokenVerifier:
@@ -362,6 +369,7 @@ class TokenVerifier:
             leeway_s=settings.auth_leeway_s,
             company_claim=settings.auth_company_claim,
             roles_claim=settings.auth_roles_claim,
+            max_ttl_s=settings.auth_max_ttl_s,
         )
 
     @property
@@ -417,7 +425,21 @@ class TokenVerifier:
             raise Unauthorized(f"missing claim: {exc.claim}") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(_describe(exc)) from None
+        self._check_lifetime(claims)
         return self._principal(claims)
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """Time claims are JSON numbers (PyJWT also takes numeric strings), and no token outlives the cap.
+
+        The lifetime is ``exp - iat`` when ``iat`` is present, and ``exp`` may never lie further ahead than the cap
+        (plus leeway) either, so leaving ``iat`` out or backdating it gains nothing.
+        """
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not _is_time(claims[name]):
+                raise Unauthorized(f"invalid claim: {name} must be a number")
+        exp, iat = claims["exp"], claims.get("iat")
+        if (iat is not None and exp - iat > self._max_ttl_s) or exp - self._clock() > self._max_ttl_s + self._leeway_s:
+            raise Unauthorized("token lifetime over the limit")
 
     def _select_key(self, keyset: KeySet, kid: object, alg: str) -> VerificationKey:
         if kid is not None:
@@ -455,6 +477,11 @@ class TokenVerifier:
         if isinstance(raw, list) and all(isinstance(r, str) for r in raw):
             return frozenset(raw)
         raise Unauthorized("invalid roles claim")
+
+
+def _is_time(value: object) -> bool:
+    # bool is an int to Python, not a NumericDate to JSON.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _claim(claims: Mapping[str, Any], name: str) -> object:

@@ -1,5 +1,6 @@
 """Admission per request: a bounded number of compares in flight, each holding one permit from before its images
-are decoded until it ends; a full gate refuses at once with ``Overloaded`` and a retry hint."""
+are decoded until it ends; a full gate refuses at once with ``Overloaded`` and a retry hint. (The decode memory
+budget is admission's second step: see ``ScanService._memory`` and :meth:`Permit.refuse`.)"""
 
 from __future__ import annotations
 
@@ -55,9 +56,13 @@ class AdmissionGate:
     measured service time of recent requests (an exponential moving average, at least 50 ms): about how long the
     requests now in flight take to finish and free their permits.
 
+    A permit may also be turned into a refusal before its request does any work (:meth:`Permit.refuse`): the
+    decode memory budget, the second step of admission, did not grant the request's bytes in time.
+
     It also keeps the request-level counters: ``facerec_requests_rejected_total{reason}`` counts requests refused
-    here (``overloaded``) and admitted requests that ended at their deadline (``deadline``) or because their client
-    left (``cancelled``); ``facerec_requests_in_flight`` is the number of permits out.
+    here (``overloaded``) or at the memory step (``memory``), and admitted requests that ended at their deadline
+    (``deadline``) or because their client left (``cancelled``); ``facerec_requests_in_flight`` is the number of
+    permits out (requests waiting for decode memory included).
     """
 
     def __init__(self, limit: int, *, metrics: Metrics | None = None) -> None:
@@ -91,9 +96,16 @@ class AdmissionGate:
         """How long a refused client should wait: the recent service time of one request (at least 50 ms)."""
         return max(MIN_RETRY_AFTER_MS, math.ceil(self._service_s * 1000))
 
-    def _release(self, seconds: float, error: BaseException | None) -> None:
+    def _refuse_admitted(self, reason: str) -> None:
+        self.admitted -= 1
+        self.refused += 1
+        self._count(reason)
+
+    def _release(self, seconds: float, error: BaseException | None, refused: bool) -> None:
         self._in_flight -= 1
         self._set_gauge()
+        if refused:  # it did no work: its wait says nothing about service time, and it was counted already
+            return
         self._service_s = (1 - EMA_WEIGHT) * self._service_s + EMA_WEIGHT * seconds
         if isinstance(error, errors.DeadlineExceeded):
             self._count("deadline")
@@ -112,12 +124,13 @@ class AdmissionGate:
 class Permit:
     """One admitted request's place in the gate; leaving the ``with`` block gives it back (exactly once)."""
 
-    __slots__ = ("_gate", "_released", "_started")
+    __slots__ = ("_gate", "_refused", "_released", "_started")
 
     def __init__(self, gate: AdmissionGate) -> None:
         self._gate = gate
         self._started = time.perf_counter()
         self._released = False
+        self._refused = False
 
     def __enter__(self) -> Permit:
         return self
@@ -126,9 +139,18 @@ class Permit:
                  tb: TracebackType | None) -> None:
         self.release(exc)
 
+    def refuse(self, reason: str) -> None:
+        """Count this request as refused with ``reason`` instead of admitted: it held its place only to wait for
+        what admission also needs (decode memory) and did not get it, so it did no work. The caller then raises
+        ``Overloaded``; the place goes back when the ``with`` block ends. Only before any work, at most once."""
+        if self._refused or self._released:
+            return
+        self._refused = True
+        self._gate._refuse_admitted(reason)
+
     def release(self, error: BaseException | None = None) -> None:
         """Give the permit back; ``error`` is how the request ended (for the deadline/cancelled counters)."""
         if self._released:
             return
         self._released = True
-        self._gate._release(time.perf_counter() - self._started, error)
+        self._gate._release(time.perf_counter() - self._started, error, self._refused)

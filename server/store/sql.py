@@ -18,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from server import errors, tracing
 from server.domain import MAX_REFERENCE, SORTABLE_FIELDS, Channel, CompareResult, Page, Scan, ScanQuery, ScanUpdate
+from server.files import ensure_private_dir, ensure_private_file, tighten
 from server.store import migrate
 from server.store.models import ScanRow, row_from_scan, scan_from_row
 
@@ -173,6 +174,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _private_sqlite_files(db: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask, usually 0644); SQLite gives
+    its -wal and -shm files the database file's mode. Files left readable by an older version are tightened."""
+    ensure_private_dir(db.parent)
+    ensure_private_file(db)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(db.with_name(db.name + suffix))
+
+
 class SqlScanStore:
     """A ScanStore on any SQLAlchemy async URL (tested with sqlite+aiosqlite and postgresql+asyncpg)."""
 
@@ -213,7 +223,7 @@ class SqlScanStore:
     async def open(self) -> None:
         async with _translated():
             if self.dialect == "sqlite" and self.url.database not in (None, "", ":memory:"):
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_files(Path(self.url.database))
             async with self.engine.begin() as connection:
                 await connection.run_sync(migrate.upgrade)
 

@@ -1,4 +1,5 @@
-"""The wire rules kept once in the domain: channel, compare result and reference parsing, Spring page arithmetic."""
+"""The wire rules kept once in the domain: channel, compare result and reference parsing (the one reference rule
+shared by create, update and the list filter), Spring page arithmetic."""
 
 from __future__ import annotations
 
@@ -41,6 +42,28 @@ def test_reference_rules() -> None:
         with pytest.raises(InvalidField) as info:
             parse_reference(bad)
         assert info.value.field == "reference"
+
+
+@pytest.mark.parametrize("value", ["0002", "  padded  ", "Zoë-42", "契約-7", "👍🏽", "a\u0301", "x" * 255,
+                                   "N°12/2024 (copy)"])
+def test_visible_references_pass(value: str) -> None:
+    assert parse_reference(value) == value.strip()
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "x" * 256, "\u200b", "\u202e", "\u2028", "\u3164", "\u2800",
+                                   "\u00a0\u3000", "\u0301", "a\x00b", "a\tb", "a\u202eb", "a\u200db",
+                                   "a\ue000", "a\U000e0fff", "a\ud800"])
+def test_invisible_or_disallowed_references_fail(value: str | None) -> None:
+    with pytest.raises(InvalidField) as info:
+        parse_reference(value)
+    assert info.value.field == "reference"
+
+
+def test_reference_rule_names_the_field_it_was_given() -> None:
+    with pytest.raises(InvalidField) as info:
+        parse_reference("\u202e", "ref")
+    assert info.value.field == "ref"
+    assert "ref must not contain" in str(info.value)
 
 
 def test_scan_update_parse_validates_every_field() -> None:

@@ -13,6 +13,7 @@ from server import memory
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc controls exist on Linux only")
 def test_arena_limit_and_trim_are_applied_on_linux() -> None:
     assert memory.limit_arenas() is True
+    assert memory.map_large_blocks() is True
     big = [bytearray(1 << 20) for _ in range(64)]  # 64 MiB freed below: something to give back
     del big
     assert isinstance(memory.trim(), bool)

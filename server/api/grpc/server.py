@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from server.api.grpc.preauth import MAX_PENDING_AUTH, AuthBeforeMessage
 from server.api.grpc.servicer import SERVICE_NAME, FaceRecognitionServicer, add_servicer
 from server.runtime import Runtime
 from server.service import ScanService
@@ -78,13 +79,16 @@ async def start_grpc_server(
     port: int,
     *,
     health_refresh_s: float = HEALTH_REFRESH_S,
+    max_pending_auth: int = MAX_PENDING_AUTH,
 ) -> GrpcServer:
     """Serve FaceRecognition, health and reflection on ``host:port`` (port 0 binds an ephemeral port).
 
     Runs on the caller's event loop, so it shares the runtime's batchers with the HTTP server. The bound
-    port is ``result.port``; stop with ``await result.stop(grace)``.
+    port is ``result.port``; stop with ``await result.stop(grace)``. Calls are authenticated from their metadata
+    before their message is read (at most ``max_pending_auth`` waiting at once).
     """
     server = grpc.aio.server(
+        interceptors=[AuthBeforeMessage(runtime, max_pending_auth)],
         options=[
             ("grpc.max_receive_message_length", runtime.settings.max_request_bytes + MESSAGE_HEADROOM),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),

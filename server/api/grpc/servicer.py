@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -127,13 +127,18 @@ def error_metadata(err: FacerecError) -> tuple[tuple[str, str], ...]:
     return tuple(items)
 
 
-def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    values = [v for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
+def bearer_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The bearer token of a call's metadata; none, several or a malformed one is ``Unauthorized``."""
+    values = [v for k, v in (metadata or ()) if k == "authorization"]
     if len(values) > 1:
         raise Unauthorized("more than one authorization entry")
     value = values[0] if values else None
     # Binary (-bin) metadata would arrive as bytes; a bearer token is always text.
     return parse_authorization_header(value if isinstance(value, str) else None)
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    return bearer_of(context.invocation_metadata())
 
 
 # --------------------------------------------------------------------------- registration

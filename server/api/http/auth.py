@@ -9,6 +9,7 @@ from litestar.datastructures import State
 
 from server.auth import parse_authorization_header
 from server.domain import Principal
+from server.errors import Unauthorized
 from server.runtime import Runtime
 from server.service import ScanService
 
@@ -19,7 +20,11 @@ async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     Resolved before the handler reads the body, so an unauthenticated upload is refused unread.
     """
     runtime: Runtime = request.app.state.runtime
-    token = parse_authorization_header(request.headers.get("authorization"))
+    values = request.headers.getall("authorization", [])
+    if len(values) > 1:
+        # Which one would count is anybody's guess (proxies and frameworks disagree): refuse, as gRPC does.
+        raise Unauthorized("more than one authorization header")
+    token = parse_authorization_header(values[0] if values else None)
     return await runtime.verifier.verify(token)
 
 

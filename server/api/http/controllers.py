@@ -6,8 +6,9 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, head, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
+from server.api.http.bodies import read_json_object
 from server.api.http.forms import read_compare_form
 from server.api.http.openapi import (
     COMPARE_RESPONSES,
@@ -21,11 +22,13 @@ from server.api.http.openapi import (
     UPDATE_RESPONSES,
     UPDATE_SCAN,
     CompareFormOperation,
+    UpdateBodyOperation,
     compare_operation_id,
 )
 from server.api.query import build_query
-from server.api.schemas import CompareResponse, ScanEntity, ScanPage, ScanUpdateIn
-from server.domain import Principal, ScanUpdate
+from server.api.schemas import CompareResponse, ScanEntity, ScanPage, scan_update_of
+from server.auth import ROLE_UPDATE, require_role
+from server.domain import Principal
 from server.service import ScanService
 
 ISO_UTC = "ISO 8601 date or date-time, UTC when no offset is given"
@@ -33,6 +36,9 @@ ISO_UTC = "ISO 8601 date or date-time, UTC when no offset is given"
 Caller = NamedDependency[Principal]
 Service = NamedDependency[ScanService]
 COMPARE_PATHS = ["/face-recognition-sdk/v1/compare_face", "/v1/compare_face"]
+# The largest legitimate PUT body is an entity read back whole (2 x 68 landmarks): about 10 KB.
+MAX_UPDATE_BYTES = 16 * 1024
+MAX_UPDATE_DEPTH = 8  # the entity nests 4 levels (face -> landmark_68 -> point)
 
 
 class CompareController(Controller):
@@ -66,14 +72,15 @@ class ScanController(Controller):
         return ScanEntity.of(await service.get(principal, scan_id))
 
     @put("/{scan_id:str}", responses=UPDATE_RESPONSES, summary="Update a scan (role `face:update`)",
-         operation_id=UPDATE_SCAN,
-         description="Only compareResult, compareSimilarity, salesChannel and reference change; server-owned "
-         "fields (id, companyId, createdDate, createdById, ...) in the body are ignored.")
-    async def update_scan(self, scan_id: FromPath[str], data: JSONBody[ScanUpdateIn], principal: Caller,
+         operation_id=UPDATE_SCAN, operation_class=UpdateBodyOperation,
+         description="Only compareResult, compareSimilarity, salesChannel and reference change; the entity's "
+         "server-owned fields (id, companyId, createdDate, createdById, ...) are accepted and ignored, any other "
+         f"key is a 400. `application/json` only, at most {MAX_UPDATE_BYTES} bytes.")
+    async def update_scan(self, scan_id: FromPath[str], request: Request[Any, Any, Any], principal: Caller,
                           service: Service) -> ScanEntity:
-        change = ScanUpdate.parse(compare_result=data.compare_result, compare_similarity=data.compare_similarity,
-                                  sales_channel=data.sales_channel, reference=data.reference)
-        return ScanEntity.of(await service.update(principal, scan_id, change))
+        require_role(principal, ROLE_UPDATE)  # authenticated (the dependency) and authorised before any body read
+        body = await read_json_object(request, max_bytes=MAX_UPDATE_BYTES, max_depth=MAX_UPDATE_DEPTH)
+        return ScanEntity.of(await service.update(principal, scan_id, scan_update_of(body)))
 
     @get("/", responses=LIST_RESPONSES, summary="List scans, Spring Data page shape (role `face:read`)",
          operation_id=LIST_SCANS)

@@ -17,7 +17,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import tracing
 from server.api.http.docs import DOCS_CSP, DOCS_PATHS
+from server.disconnect import access_status, client_gone, noting_disconnect
 from server.logs import ContextFilter, request_id_var
+from server.logsafe import safe_path, safe_text
 
 REQUEST_ID_HEADER = "x-request-id"
 # Sent on every response (added where a handler did not set its own): no MIME sniffing, no referrer leaking
@@ -29,6 +31,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cache-control", b"no-store"),
 )
 access_log = logging.getLogger("server.access")
+# Methods a metric label or span name may carry as sent; any other token is counted as "OTHER".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _STATE_KEY = "request_id"
 # Echoed into headers and logs, so only a short, inert alphabet is accepted from callers.
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -84,7 +88,9 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
 
 
 class RequestContextMiddleware(ASGIMiddleware):
-    """Sets the request id for the handler and its logs, echoes it, times the request by route template."""
+    """Sets the request id for the handler and its logs, echoes it, times the request by route template, writes
+    the one access line per request. The app installs it around routing (``server.app._log_every_request``), not
+    as route middleware, so requests no route matches (404, 405) get their line and metric too."""
 
     scopes = (ScopeType.HTTP,)
 
@@ -93,13 +99,20 @@ class RequestContextMiddleware(ASGIMiddleware):
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
-        method = str(scope.get("method", ""))
+        raw_method = str(scope.get("method", ""))
+        # Unrouted requests are logged and counted too (the middleware wraps routing): a method no route knows
+        # is one label value, not one per string a client invents.
+        method = raw_method if raw_method in KNOWN_METHODS else "OTHER"
         parent = tracing.parse_traceparent(_header(scope, tracing.TRACEPARENT.encode()))
+        completed = False  # the whole answer was handed over before the client was known to be gone
+        receive = noting_disconnect(scope, receive)
 
         with tracing.request_span(f"HTTP {method}", parent, {"http.request.method": method}) as trace:
 
             async def send_with_id(message: Message) -> None:
-                nonlocal status
+                nonlocal status, completed
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    completed = not client_gone(scope)
                 if message["type"] == "http.response.start":
                     status = message["status"]
                     headers = list(message.get("headers", ()))
@@ -115,12 +128,18 @@ class RequestContextMiddleware(ASGIMiddleware):
             finally:
                 elapsed = time.perf_counter() - started
                 route = scope.get("path_template") or "unmatched"
+                # 499 when the client left before its answer was complete, the protocol's own status when it
+                # answered itself (431, 408, ...): a 5xx means a server fault, never a departed client.
+                status = access_status(scope, status, completed)
                 tracing.set_attribute("http.route", route)
                 tracing.set_attribute("http.response.status_code", status)
-                # One access record per request, inside its context so it carries the request and trace ids.
-                # The path has no query string (filters may hold callers' references) and no header is logged.
-                access_log.info("%s %s %d %.1f ms", method, scope.get("path", ""), status, elapsed * 1000.0,
-                                extra={"method": method, "path": scope.get("path", ""), "route": route,
+                # One access record per request (routed or not), inside its context so it carries the request and
+                # trace ids, in either log format. The path has no query string (filters may hold callers'
+                # references) and no header is logged; what the client sent is escaped, in the message and in the
+                # JSON members alike, so it can neither forge a record nor hide text.
+                path, shown_method = safe_path(str(scope.get("path", ""))), safe_text(raw_method)
+                access_log.info("%s %s %d %.1f ms", shown_method, path, status, elapsed * 1000.0,
+                                extra={"method": shown_method, "path": path, "route": route,
                                        "status": status, "duration_ms": round(elapsed * 1000.0, 3)})
                 request_id_var.reset(token)
                 runtime = scope["litestar_app"].state.get("runtime")

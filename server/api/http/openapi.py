@@ -1,4 +1,5 @@
-"""OpenAPI documentation of the HTTP routes: examples, the multipart body and the problem responses."""
+"""OpenAPI documentation of the HTTP routes: examples, the bodies read by hand (multipart compare form, JSON
+update) and the problem responses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import msgspec.inspect
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
@@ -18,14 +21,16 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Reference,
     RequestBody,
     Schema,
 )
 from litestar.types import Method
 from litestar.types.internal_types import PathParameterDefinition
 
+from server.api.http.bodies import JSON_MEDIA_TYPE
 from server.api.http.problems import PROBLEM_MEDIA_TYPE
-from server.api.schemas import CompareResponse, Problem, ScanEntity
+from server.api.schemas import CompareResponse, Problem, ScanEntity, ScanUpdateIn
 from server.domain import MAX_REFERENCE, Channel, CompareResult
 from server.errors import (
     FacerecError,
@@ -38,6 +43,7 @@ from server.errors import (
     Unauthorized,
     Unavailable,
     UnsupportedImage,
+    UnsupportedMediaType,
 )
 
 # Stable operation ids (generated clients name their methods after them); the compare response links to the
@@ -76,9 +82,15 @@ _STATUS_EXAMPLES: dict[int, tuple[FacerecError, str]] = {
 }
 
 
-def problem_example(status: int) -> dict[str, Any]:
-    """The documented problem body of ``status`` (as ``problems.problem_response`` writes it)."""
-    err, instance = _STATUS_EXAMPLES[status]
+# PUT's 415 is about the body's media type, not an image.
+_MEDIA_TYPE_EXAMPLE = (UnsupportedMediaType("the body must be application/json"),
+                       "/v1/face-recognition/8c5b2a52-4a51-4f7e-9d7c-6d1f3d1f0b3e")
+
+
+def problem_example(status: int, example: tuple[FacerecError, str] | None = None) -> dict[str, Any]:
+    """The documented problem body of ``status`` (as ``problems.problem_response`` writes it): that status's usual
+    error, or ``example`` (error, request path) where an operation answers the status with another code."""
+    err, instance = example or _STATUS_EXAMPLES[status]
     body: dict[str, Any] = {"type": f"https://facerec.dev/problems/{err.code}", "title": err.title,
                             "status": err.status, "code": err.code, "detail": err.detail}
     if err.field:
@@ -90,11 +102,11 @@ def problem_example(status: int) -> dict[str, Any]:
     return body
 
 
-def problem(description: str, status: int) -> ResponseSpec:
-    """An error response documented as problem+json, with that status's own example."""
-    example = problem_example(status)
+def problem(description: str, status: int, example: tuple[FacerecError, str] | None = None) -> ResponseSpec:
+    """An error response documented as problem+json, with that status's own example (or ``example``)."""
+    body = problem_example(status, example)
     return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE,
-                        generate_examples=False, examples=[Example(summary=example["code"], value=example)])
+                        generate_examples=False, examples=[Example(summary=body["code"], value=body)])
 
 
 COMMON_ERRORS: dict[int, ResponseSpec] = {
@@ -123,8 +135,11 @@ ENTITY_RESPONSES: dict[int, ResponseSpec] = {
 # Reads and writes of the store answer 503 while the database is unreachable.
 _STORE_UNAVAILABLE = problem("Temporarily unavailable (e.g. the database); retry after `Retry-After` seconds", 503)
 ENTITY_RESPONSES[503] = _STORE_UNAVAILABLE
-UPDATE_RESPONSES: dict[int, ResponseSpec] = {**ENTITY_RESPONSES,
-                                              413: problem("The request body is over the limit", 413)}
+UPDATE_RESPONSES: dict[int, ResponseSpec] = {
+    **ENTITY_RESPONSES,
+    413: problem("The request body is over the limit", 413),
+    415: problem("The body is not `application/json`", 415, _MEDIA_TYPE_EXAMPLE),
+}
 LIST_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 503: _STORE_UNAVAILABLE}
 DELETE_RESPONSES: dict[int, ResponseSpec] = {**COMMON_ERRORS, 404: ENTITY_RESPONSES[404], 503: _STORE_UNAVAILABLE}
 READY_RESPONSES: dict[int, ResponseSpec] = {
@@ -146,7 +161,8 @@ COMPARE_FORM_FIELDS: list[tuple[str, Schema, bool]] = [
     ("file2", _IMAGE, True),
     ("reference", Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_REFERENCE,
                          description="caller's own key to find the scan later (contract number, ...), "
-                         f"1-{MAX_REFERENCE} characters, no control characters"), True),
+                         f"1-{MAX_REFERENCE} characters after trimming, at least one of them visible; no control, "
+                         "format (bidi, zero-width) or line-separator characters"), True),
 ]
 
 
@@ -169,6 +185,64 @@ class CompareFormOperation(Operation):
                 "UpdateScan": Link(operation_id=UPDATE_SCAN, parameters=by_id, description="Update it"),
                 "DeleteScan": Link(operation_id=DELETE_SCAN, parameters=by_id, description="Delete it"),
             }
+
+
+UPDATE_BODY_SCHEMA = "ScanUpdateIn"
+
+
+@dataclass
+class UpdateBodyOperation(Operation):
+    """The update body is read by hand (after the caller is authorised, within size and depth limits), so Litestar
+    does not see its type: the body refers to the :class:`~server.api.schemas.ScanUpdateIn` component, which
+    :func:`body_components` generates from that struct and :func:`refine_openapi` adds to the document (Litestar
+    replaces the configured component schemas with the ones it generates) and documents like any other."""
+
+    def __post_init__(self) -> None:
+        ref = Reference(ref=f"#/components/schemas/{UPDATE_BODY_SCHEMA}")
+        self.request_body = RequestBody(required=True, content={JSON_MEDIA_TYPE: OpenAPIMediaType(ref)})
+
+
+def struct_schema(struct: type[msgspec.Struct]) -> Schema:
+    """The OpenAPI schema of a msgspec struct that a handler decodes by hand (so Litestar never sees its type):
+    camelCase names, optional fields, ``null`` branches, string lengths and number ranges, taken from the struct
+    itself, so the document cannot drift from what the server accepts."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return Schema(
+        type=OpenAPIType.OBJECT, title=struct.__name__,
+        properties={f.encode_name: _type_schema(f.type) for f in info.fields},
+        required=[f.encode_name for f in info.fields if f.required],
+        additional_properties=False if info.forbid_unknown_fields else None,
+    )
+
+
+def _type_schema(t: msgspec.inspect.Type) -> Schema:
+    if isinstance(t, msgspec.inspect.UnionType):
+        branches = [_type_schema(b) for b in t.types]
+        # What annotates a branch (a description, an enum listing null) belongs to the property as a whole.
+        outer: dict[str, Any] = {}
+        for b in t.types:
+            if isinstance(b, msgspec.inspect.Metadata) and b.extra_json_schema:
+                outer.update({k: v for k, v in b.extra_json_schema.items() if k != "extra"})
+                outer.update(b.extra_json_schema.get("extra", {}))
+        return Schema(one_of=branches, **outer)
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _type_schema(t.type)
+    if isinstance(t, msgspec.inspect.NoneType):
+        return Schema(type=OpenAPIType.NULL)
+    if isinstance(t, msgspec.inspect.StrType):
+        return Schema(type=OpenAPIType.STRING, min_length=t.min_length, max_length=t.max_length, pattern=t.pattern)
+    if isinstance(t, msgspec.inspect.FloatType | msgspec.inspect.IntType):
+        kind = OpenAPIType.NUMBER if isinstance(t, msgspec.inspect.FloatType) else OpenAPIType.INTEGER
+        return Schema(type=kind, minimum=t.ge, maximum=t.le, exclusive_minimum=t.gt, exclusive_maximum=t.lt)
+    if isinstance(t, msgspec.inspect.BoolType):
+        return Schema(type=OpenAPIType.BOOLEAN)
+    raise TypeError(f"no OpenAPI mapping for {t!r}: extend _type_schema")
+
+
+def body_components() -> dict[str, dict[str, Any]]:
+    """Component schemas of the bodies read by hand (added to the document by :func:`refine_openapi`)."""
+    return {UPDATE_BODY_SCHEMA: struct_schema(ScanUpdateIn).to_schema()}
 
 
 def compare_operation_id(handler: HTTPRouteHandler, method: Method,
@@ -344,8 +418,8 @@ def undocumented_properties(doc: dict[str, Any]) -> list[str]:
 def refine_openapi(doc: dict[str, Any], *, auth_issuer: str | None) -> None:
     """Add what Litestar cannot infer to the generated document, in place.
 
-    Bearer security (plus OpenID Connect discovery when an issuer is configured) on every operation that can
-    answer 401; field descriptions, formats, ranges and enums from :data:`FIELD_DOCS`; the ``X-Request-ID``,
+    The schemas of the bodies read by hand (:func:`body_components`); bearer security (plus OpenID Connect
+    discovery when an issuer is configured) on every operation that can answer 401; field descriptions, formats, ranges and enums from :data:`FIELD_DOCS`; the ``X-Request-ID``,
     ``traceparent``, ``Retry-After`` and ``WWW-Authenticate`` response headers; parameter ranges and enums.
     """
     components = doc.setdefault("components", {})
@@ -359,6 +433,7 @@ def refine_openapi(doc: dict[str, Any], *, auth_issuer: str | None) -> None:
                                 "openIdConnectUrl": auth_issuer.rstrip("/") + "/.well-known/openid-configuration"}
     components["securitySchemes"] = schemes
     components["headers"] = _HEADERS
+    components.setdefault("schemas", {}).update(body_components())
     for schema in components.get("schemas", {}).values():
         props = schema.get("properties", {})
         if schema.get("title") == "Problem":

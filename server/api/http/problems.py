@@ -15,7 +15,9 @@ from litestar.types import ExceptionHandlersMap
 
 from server.api.http.middleware import REQUEST_ID_HEADER, request_id_of
 from server.api.schemas import Problem
+from server.disconnect import client_gone
 from server.errors import FacerecError, Forbidden, Overloaded, Unauthorized, Unavailable
+from server.logsafe import safe_path, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,16 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Anything unforeseen: logged with its traceback here, never shown to the caller."""
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    """Anything unforeseen: logged with its traceback here, never shown to the caller.
+
+    A client that disconnected while its body was being read makes Litestar raise a 500: that is no server fault,
+    so it is an INFO line without a traceback (the access line records 499).
+    """
+    if client_gone(request.scope):
+        log.info("client closed the connection during %s %s", safe_text(request.method),
+                 safe_path(request.url.path))
+    else:
+        log.error("unhandled error on %s %s", safe_text(request.method), safe_path(request.url.path), exc_info=exc)
     return problem_response(request, status=500, code="internal_error", title="Internal server error",
                             detail="an internal error occurred; quote the request id when reporting it")
 

@@ -32,6 +32,7 @@ EXPECTED: dict[type[errors.FacerecError], grpc.StatusCode] = {
     errors.Forbidden: S.PERMISSION_DENIED,
     errors.NotFound: S.NOT_FOUND,
     errors.PayloadTooLarge: S.INVALID_ARGUMENT,
+    errors.UnsupportedMediaType: S.INVALID_ARGUMENT,
     errors.UnsupportedImage: S.INVALID_ARGUMENT,
     errors.ImageTooLarge: S.INVALID_ARGUMENT,
     errors.NoFace: S.FAILED_PRECONDITION,

@@ -26,6 +26,7 @@ STATUS_TABLE: dict[type[errors.FacerecError], int] = {
     errors.NotFound: 404,
     errors.PayloadTooLarge: 413,
     errors.ImageTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
     errors.UnsupportedImage: 415,
     errors.NoFace: 422,
     errors.FaceNotComparable: 422,

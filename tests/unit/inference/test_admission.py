@@ -56,6 +56,26 @@ def test_requests_that_end_unfinished_are_counted_once(error: BaseException, rea
                for r in ("overloaded", "deadline", "cancelled")) == 1
 
 
+def test_a_permit_refused_at_the_memory_step_counts_as_refused_not_admitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode memory wait is admission's second step: a request that gets no memory did no work, so it is a
+    refusal (reason ``memory``), not an admitted request, and its wait does not feed the retry hint."""
+    clock = [100.0]
+    monkeypatch.setattr(admission.time, "perf_counter", lambda: clock[0])
+    m = Metrics()
+    gate = AdmissionGate(2, metrics=m)
+    with pytest.raises(errors.Overloaded), gate.admit() as permit:
+        assert gate.in_flight == 1 and m.value("facerec_requests_in_flight") == 1  # waiting holds a place
+        clock[0] += 15.0  # half a 30 s deadline spent waiting for memory
+        permit.refuse("memory")
+        permit.refuse("memory")  # once only
+        raise errors.Overloaded("no memory", retry_after_ms=1000)
+    assert (gate.in_flight, gate.admitted, gate.refused) == (0, 0, 1)
+    assert m.value("facerec_requests_rejected_total", reason="memory") == 1
+    assert m.value("facerec_requests_rejected_total", reason="overloaded") == 0
+    assert m.value("facerec_requests_in_flight") == 0
+    assert gate.retry_after_ms() == admission.INITIAL_SERVICE_S * 1000  # the 15 s wait is no service time
+
+
 def test_retry_hint_follows_the_measured_service_time(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [100.0]
     monkeypatch.setattr(admission.time, "perf_counter", lambda: clock[0])
