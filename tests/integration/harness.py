@@ -13,6 +13,9 @@ import asyncio
 import collections
 import contextlib
 import os
+import select
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +150,29 @@ class Harness:
         return issuer.mint(company or self.company, user, roles, 600, s.auth_audience, LOCAL_ISSUER,
                            company_claim=s.auth_company_claim, roles_claim=s.auth_roles_claim)
 
+    def claims(self, **changes: Any) -> dict[str, Any]:
+        """The claims a local-issuer token of company "acme" carries (every role, 10 minutes), with ``changes``
+        applied (``None`` removes a claim): the raw material of forged and edge-case tokens."""
+        now = int(time.time())
+        claims: dict[str, Any] = {"iss": LOCAL_ISSUER, "aud": self.runtime.settings.auth_audience, "sub": "mallory",
+                                  "company_id": "acme", "roles": list(ALL_ROLES), "iat": now, "nbf": now,
+                                  "exp": now + 600}
+        for key, value in changes.items():
+            if value is None:
+                claims.pop(key, None)
+            else:
+                claims[key] = value
+        return claims
+
+    def signed(self, headers: dict[str, Any] | None = None, **changes: Any) -> str:
+        """A token the local issuer really signs, with :meth:`claims` changed and extra JOSE ``headers``."""
+        import jwt
+
+        issuer = self.runtime.local_issuer
+        assert issuer is not None
+        return jwt.encode(self.claims(**changes), issuer.private_key, algorithm="ES256",
+                          headers={"kid": issuer.kid, **(headers or {})})
+
     def headers(self, company: str | None = None, user: str = "alice",
                 roles: Iterable[str] = ALL_ROLES) -> dict[str, str]:
         """HTTP ``Authorization`` header."""
@@ -176,6 +202,13 @@ class Harness:
         req = pb.CompareFacesRequest(channel=channel, reference=reference, file1=file1, file2=file2)
         return self.stub.CompareFaces(req, metadata=self.metadata() if metadata is None else metadata,
                                       timeout=timeout)
+
+    async def stored_scan(self, file1: bytes, file2: bytes, *, reference: str) -> dict[str, Any]:
+        """The response of a compare that must succeed (the scan it stored)."""
+        resp = await self.http_compare(file1, file2, reference=reference)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
 
     async def count(self, company: str | None = None) -> int:
         """Scans the company has (from the list endpoint)."""
@@ -280,6 +313,111 @@ def assert_grpc(err: grpc.aio.AioRpcError, status: int, code: str, field: str | 
     assert meta.get("facerec-error-code") == code, meta
     if field is not None:
         assert meta.get("facerec-error-field") == field, meta
+
+
+# --------------------------------------------------------------------------- hand-made requests
+
+
+def multipart(parts: Iterable[tuple[str, bytes, str | None]], boundary: str) -> bytes:
+    """A hand-made multipart body: (name, value, filename or None) per part, values as raw bytes."""
+    out = b""
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if filename:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + value + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def compare_parts(file1: bytes, file2: bytes, *, channel: bytes = b"WEB",
+                  reference: bytes = b"ref") -> list[tuple[str, bytes, str | None]]:
+    """The four parts of a compare form, for :func:`multipart`."""
+    return [("channel", channel, None), ("reference", reference, None), ("file1", file1, "a.jpg"),
+            ("file2", file2, "b.jpg")]
+
+
+# --------------------------------------------------------------------------- raw HTTP/1.1 on a socket
+# For what no HTTP client library will send or report: half-sent requests, hostile bytes, whole bodies written
+# before reading, and whether the server closed the connection. Every blocking call is bounded by WAIT_S.
+
+
+@dataclass
+class Answer:
+    """One HTTP/1.1 response read off a socket."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    closed: bool = False  # the server closed the connection after answering (only when asked to wait for it)
+
+
+def raw_connect(port: int) -> socket.socket:
+    """A blocking loopback connection whose reads and writes give up after WAIT_S."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    sock.settimeout(WAIT_S)
+    return sock
+
+
+def read_answer(sock: socket.socket, *, wait_close: bool = True) -> Answer:
+    """One response (status, headers, a Content-Length body); with ``wait_close``, then whether the server ends
+    the connection (:func:`closed_soon`), else the connection is left open for the next request."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before a complete response: {buf[:200]!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed mid-body: {len(rest)} of {length} bytes")
+        rest += chunk
+    return Answer(int(lines[0].split()[1]), headers, rest[:length], closed=wait_close and closed_soon(sock))
+
+
+def raw_request(port: int, request: bytes) -> Answer:
+    """Send ``request`` as is on a new connection and read the answer (not waiting for the close)."""
+    with contextlib.closing(raw_connect(port)) as sock:
+        sock.sendall(request)
+        return read_answer(sock, wait_close=False)
+
+
+def closed_soon(sock: socket.socket) -> bool:
+    """Whether the server ends the connection (EOF or reset) within WAIT_S, reading past anything it sends."""
+    end = time.monotonic() + WAIT_S
+    while time.monotonic() < end:
+        try:
+            if not sock.recv(65536):
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def send_until_answered(sock: socket.socket, first: bytes, piece: bytes, limit: int) -> int:
+    """Send ``first``, then ``piece`` repeatedly (at most ``limit`` bytes) until the server answers or closes.
+
+    Returns the bytes sent after ``first``; the answer is left unread on the socket.
+    """
+    sock.sendall(first)
+    sent = 0
+    while sent < limit:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            break
+        try:
+            sock.sendall(piece)
+        except (ConnectionResetError, BrokenPipeError):
+            break
+        sent += len(piece)
+    return sent
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from harness import COMPARE, SCANS, Harness, assert_grpc, assert_problem, grpc_error
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-from server.auth import ALL_ROLES, LOCAL_ISSUER, ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE
+from server.auth import ALL_ROLES, ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.served()]
 
@@ -35,11 +35,8 @@ OBAMA1, OBAMA2 = "obama_01_portrait_2012.jpg", "obama_02_congress_2009.jpg"
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def victim(env: Harness, faces_dir: Path) -> dict[str, Any]:
     """One scan of company "acme" that intruders try to reach."""
-    resp = await env.http_compare((faces_dir / OBAMA1).read_bytes(), (faces_dir / OBAMA2).read_bytes(),
-                                  reference="victim-secret-ref")
-    assert resp.status_code == 200, resp.text
-    body: dict[str, Any] = resp.json()
-    return body
+    return await env.stored_scan((faces_dir / OBAMA1).read_bytes(), (faces_dir / OBAMA2).read_bytes(),
+                                 reference="victim-secret-ref")
 
 
 # --------------------------------------------------------------------------- forged tokens
@@ -47,19 +44,6 @@ async def victim(env: Harness, faces_dir: Path) -> dict[str, Any]:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _claims(env: Harness, **changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {"iss": LOCAL_ISSUER, "aud": env.runtime.settings.auth_audience, "sub": "mallory",
-                              "company_id": "acme", "roles": list(ALL_ROLES), "iat": now, "nbf": now,
-                              "exp": now + 600}
-    for key, value in changes.items():
-        if value is None:
-            claims.pop(key, None)
-        else:
-            claims[key] = value
-    return claims
 
 
 def _unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
@@ -85,14 +69,6 @@ def _local_kid(env: Harness) -> str:
     return env.runtime.local_issuer.kid
 
 
-def _signed_by_local(env: Harness, headers: dict[str, Any] | None = None, **changes: Any) -> str:
-    """A token the local issuer really signs, with claims changed (``None`` removes one)."""
-    issuer = env.runtime.local_issuer
-    assert issuer is not None
-    return jwt.encode(_claims(env, **changes), issuer.private_key, algorithm="ES256",
-                      headers={"kid": issuer.kid, **(headers or {})})
-
-
 ATTACKER_EC = ec.generate_private_key(ec.SECP256R1())
 ATTACKER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -104,52 +80,52 @@ def _public_pem(env: Harness) -> bytes:
 
 
 def _tampered(env: Harness) -> str:
-    head, _, sig = _signed_by_local(env).split(".")
-    return f"{head}.{_b64(json.dumps(_claims(env, company_id='globex')).encode())}.{sig}"
+    head, _, sig = env.signed().split(".")
+    return f"{head}.{_b64(json.dumps(env.claims(company_id='globex')).encode())}.{sig}"
 
 
 def _embedded_jwk(env: Harness) -> str:
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ATTACKER_EC.public_key()))
-    return jwt.encode(_claims(env), ATTACKER_EC, algorithm="ES256", headers={"kid": "attacker", "jwk": jwk})
+    return jwt.encode(env.claims(), ATTACKER_EC, algorithm="ES256", headers={"kid": "attacker", "jwk": jwk})
 
 
 Forge = Callable[[Harness], str]
 FORGERIES: list[tuple[str, Forge]] = [
-    ("alg-none", lambda e: _unsigned({"alg": "none", "typ": "JWT"}, _claims(e))),
-    ("alg-none-with-signature", lambda e: _unsigned({"alg": "none"}, _claims(e), b"sig")),
-    ("alg-None-with-kid", lambda e: _unsigned({"alg": "None", "kid": _local_kid(e)}, _claims(e), b"x")),
+    ("alg-none", lambda e: _unsigned({"alg": "none", "typ": "JWT"}, e.claims())),
+    ("alg-none-with-signature", lambda e: _unsigned({"alg": "none"}, e.claims(), b"sig")),
+    ("alg-None-with-kid", lambda e: _unsigned({"alg": "None", "kid": _local_kid(e)}, e.claims(), b"x")),
     ("hs256-signed-with-public-pem", lambda e: _hs256(_public_pem(e), {"alg": "HS256", "kid": _local_kid(e)},
-                                                      _claims(e))),
+                                                      e.claims())),
     ("hs256-signed-with-public-jwk", lambda e: _hs256(
         json.dumps(e.runtime.local_issuer.public_jwk()).encode() if e.runtime.local_issuer else b"",
-        {"alg": "HS256", "kid": _local_kid(e)}, _claims(e))),
-    ("wrong-key-same-kid", lambda e: jwt.encode(_claims(e), ATTACKER_EC, algorithm="ES256",
+        {"alg": "HS256", "kid": _local_kid(e)}, e.claims())),
+    ("wrong-key-same-kid", lambda e: jwt.encode(e.claims(), ATTACKER_EC, algorithm="ES256",
                                                 headers={"kid": _local_kid(e)})),
-    ("wrong-key-no-kid", lambda e: jwt.encode(_claims(e), ATTACKER_EC, algorithm="ES256")),
-    ("unknown-kid", lambda e: jwt.encode(_claims(e), ATTACKER_EC, algorithm="ES256", headers={"kid": "attacker"})),
+    ("wrong-key-no-kid", lambda e: jwt.encode(e.claims(), ATTACKER_EC, algorithm="ES256")),
+    ("unknown-kid", lambda e: jwt.encode(e.claims(), ATTACKER_EC, algorithm="ES256", headers={"kid": "attacker"})),
     ("embedded-jwk", _embedded_jwk),
-    ("jku-header", lambda e: jwt.encode(_claims(e), ATTACKER_EC, algorithm="ES256",
+    ("jku-header", lambda e: jwt.encode(e.claims(), ATTACKER_EC, algorithm="ES256",
                                         headers={"kid": "attacker", "jku": "http://127.0.0.1:9/jwks.json"})),
-    ("rs256-under-ec-kid", lambda e: jwt.encode(_claims(e), ATTACKER_RSA, algorithm="RS256",
+    ("rs256-under-ec-kid", lambda e: jwt.encode(e.claims(), ATTACKER_RSA, algorithm="RS256",
                                                 headers={"kid": _local_kid(e)})),
     ("tampered-payload", _tampered),
-    ("wrong-iss", lambda e: _signed_by_local(e, iss="https://evil.example")),
-    ("no-iss", lambda e: _signed_by_local(e, iss=None)),
-    ("wrong-aud", lambda e: _signed_by_local(e, aud="another-api")),
-    ("aud-list-without-ours", lambda e: _signed_by_local(e, aud=["a", "b"])),
-    ("expired", lambda e: _signed_by_local(e, exp=int(time.time()) - 3600, iat=int(time.time()) - 7200,
+    ("wrong-iss", lambda e: e.signed(iss="https://evil.example")),
+    ("no-iss", lambda e: e.signed(iss=None)),
+    ("wrong-aud", lambda e: e.signed(aud="another-api")),
+    ("aud-list-without-ours", lambda e: e.signed(aud=["a", "b"])),
+    ("expired", lambda e: e.signed(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200,
                                            nbf=int(time.time()) - 7200)),
-    ("no-exp", lambda e: _signed_by_local(e, exp=None)),
-    ("not-yet-valid", lambda e: _signed_by_local(e, nbf=int(time.time()) + 3600)),
-    ("missing-company", lambda e: _signed_by_local(e, company_id=None)),
-    ("empty-company", lambda e: _signed_by_local(e, company_id="  ")),
-    ("company-not-a-string", lambda e: _signed_by_local(e, company_id=["acme", "globex"])),
-    ("missing-sub", lambda e: _signed_by_local(e, sub=None)),
-    ("roles-not-a-list", lambda e: _signed_by_local(e, roles=7)),
-    ("crit-header", lambda e: _signed_by_local(e, headers={"crit": ["exp"]})),
-    ("kid-not-a-string", lambda e: _es256_raw(e, {"alg": "ES256", "kid": 5}, _claims(e))),
-    ("kid-null", lambda e: _es256_raw(e, {"alg": "ES256", "kid": None, "typ": "JWT"}, _claims(e))),
-    ("oversized", lambda e: _signed_by_local(e, padding="x" * 12_500)),  # just over the 16 KiB token limit
+    ("no-exp", lambda e: e.signed(exp=None)),
+    ("not-yet-valid", lambda e: e.signed(nbf=int(time.time()) + 3600)),
+    ("missing-company", lambda e: e.signed(company_id=None)),
+    ("empty-company", lambda e: e.signed(company_id="  ")),
+    ("company-not-a-string", lambda e: e.signed(company_id=["acme", "globex"])),
+    ("missing-sub", lambda e: e.signed(sub=None)),
+    ("roles-not-a-list", lambda e: e.signed(roles=7)),
+    ("crit-header", lambda e: e.signed(headers={"crit": ["exp"]})),
+    ("kid-not-a-string", lambda e: _es256_raw(e, {"alg": "ES256", "kid": 5}, e.claims())),
+    ("kid-null", lambda e: _es256_raw(e, {"alg": "ES256", "kid": None, "typ": "JWT"}, e.claims())),
+    ("oversized", lambda e: e.signed(padding="x" * 12_500)),  # just over the 16 KiB token limit
 ]
 
 
@@ -352,5 +328,5 @@ async def test_tokens_and_images_never_logged(env: Harness, faces_dir: Path, cap
 
 async def test_unknown_company_claim_path_is_refused(env: Harness) -> None:
     # A company claim given by dotted path that does not exist in the token is a missing company (401).
-    token = _signed_by_local(env, company_id=None, org={"id": "acme"})
+    token = env.signed(company_id=None, org={"id": "acme"})
     assert_problem(await env.http.get(SCANS, headers={"Authorization": f"Bearer {token}"}), 401, "unauthorized")

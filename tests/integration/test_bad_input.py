@@ -20,7 +20,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from harness import COMPARE, SCANS, Harness, assert_grpc, assert_problem, grpc_error
+from harness import COMPARE, SCANS, Harness, assert_grpc, assert_problem, grpc_error, multipart
 from PIL import Image
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
@@ -234,18 +234,6 @@ async def test_unusual_but_valid_images(env: Harness, photos: Photos, make: Good
 # --------------------------------------------------------------------------- the form itself
 
 
-def multipart(parts: list[tuple[str, bytes, str | None]]) -> bytes:
-    """A hand-made multipart body: (name, value, filename or None) per part, values as raw bytes."""
-    out = b""
-    for name, value, filename in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n".encode()
-        if filename:
-            out += b"Content-Type: application/octet-stream\r\n"
-        out += b"\r\n" + value + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
-
-
 def form_parts(p: Photos, **override: bytes | None) -> list[tuple[str, bytes, str | None]]:
     fields: dict[str, tuple[bytes, str | None]] = {
         "channel": (b"WEB", None), "reference": (b"ref-1", None),
@@ -288,7 +276,7 @@ FORM_CASES: list[tuple[str, FormCase, int, str, str | None]] = [
 async def test_bad_form_http(env: Harness, photos: Photos, make: FormCase, status: int, code: str,
                              field: str | None) -> None:
     headers = {**env.headers(), "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
-    resp = await env.http.post(COMPARE, headers=headers, content=multipart(make(photos)))
+    resp = await env.http.post(COMPARE, headers=headers, content=multipart(make(photos), BOUNDARY))
     assert_problem(resp, status, code, field)
 
 

@@ -1,17 +1,18 @@
 """Decoding under the memory budget (``FACEREC_DECODE_MEMORY_MB``), over HTTP and gRPC, with the real app and models.
 
-The backend is the real onnxruntime one behind a gate (``faultkit.ProxyBackend``): a compare whose detector batch
-is held at the closed gate keeps its decoded pixels, so what the budget lets the next compare do is deterministic.
-The last test runs ``facerec serve`` with its defaults under 16 concurrent worst-case compares and reads the
-kernel's record of its peak resident memory (VmHWM): memory, not time, so machine load does not change the verdict.
+The backend is the real onnxruntime one behind the harness's gate (``GatedBackend``): a compare whose detector
+batch is held at the closed gate keeps its decoded pixels, so what the budget lets the next compare do is
+deterministic. The memory wait is admission's second step: a compare waiting for memory holds its admission place,
+and one refused for memory counts as refused (``memory``), not as admitted work. The last test runs ``facerec serve``
+with its defaults under 16 concurrent worst-case compares and reads the kernel's record of its peak resident memory
+(VmHWM): memory, not time, so machine load does not change the verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,13 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
-from faultkit import PAIR, ProxyBackend, ServeProcess, bearer, wait_until
+from harness import COMPARE, LOCAL_CPU, PAIR, Harness
 from PIL import Image
 
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-from server.api.grpc.gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-from server.api.grpc.server import GrpcServer, start_grpc_server
-from server.app import create_app
-from server.inference.onnxrt import OnnxRuntimeBackend
-from server.runtime import Runtime
-from server.service import ScanService
-from server.settings import PROJECT_ROOT, Settings
+from server.settings import PROJECT_ROOT
+from tooling.serve import ServeProcess
+from tooling.wait import wait_until
 
-COMPARE = "/v1/compare_face"
 PATIENCE_S = 120.0  # every wait below ends on an event (a batch reaching the gate, a deadline): never on speed
 GIB = 1024**3
 
@@ -49,107 +43,88 @@ def big_pair(image_bytes: Callable[[str], bytes]) -> tuple[bytes, bytes]:
     return _upscaled(image_bytes(PAIR[0]), (2000, 1600)), _upscaled(image_bytes(PAIR[1]), (2000, 1600))
 
 
-@dataclass
-class Env:
-    runtime: Runtime
-    proxy: ProxyBackend
-    client: httpx.AsyncClient
-    grpc: GrpcServer
-    channel: grpc.aio.Channel
-    images: tuple[bytes, bytes]
-
-    def http(self) -> Any:
-        a, b = self.images
-        return self.client.post(COMPARE, headers={"Authorization": bearer(self.runtime)},
-                                data={"channel": "WEB", "reference": "budget"},
-                                files={"file1": ("a.jpg", a), "file2": ("b.jpg", b)})
-
-    async def grpc_call(self) -> tuple[int, str]:
-        a, b = self.images
-        stub = pb_grpc.FaceRecognitionStub(self.channel)
-        try:
-            await stub.CompareFaces(pb.CompareFacesRequest(channel="WEB", reference="g", file1=a, file2=b),
-                                    metadata=(("authorization", bearer(self.runtime)),), timeout=PATIENCE_S)
-        except grpc.aio.AioRpcError as err:
-            return err.code().value[0], dict(err.trailing_metadata() or ()).get("facerec-error-code", "")
-        return 0, ""
-
-    def waiting(self) -> float:
-        return self.runtime.metrics.value("facerec_decode_memory_waiting")
+async def _http(h: Harness, images: tuple[bytes, bytes]) -> httpx.Response:
+    return await h.http_compare(*images, reference="budget")
 
 
-@pytest_asyncio.fixture
-async def make_env(backend: OnnxRuntimeBackend, tmp_path: Path,
-                   big_pair: tuple[bytes, bytes]) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Env] = []
+async def _grpc(h: Harness, images: tuple[bytes, bytes]) -> tuple[int, str]:
+    """(status code value, facerec-error-code) of a CompareFaces call; (0, "") when it succeeds."""
+    try:
+        await h.grpc_compare(*images, reference="g", timeout=PATIENCE_S)
+    except grpc.aio.AioRpcError as err:
+        return err.code().value[0], dict(err.trailing_metadata() or ()).get("facerec-error-code", "")
+    return 0, ""
 
-    async def make(**changes: Any) -> Env:
-        # Batch size 16: both rows of a compare travel in one detector batch, so one batch at the gate holds it.
-        settings = Settings(data_dir=tmp_path / f"data{len(made)}", device="cpu", grpc_port=0, max_batch_size=16,
-                            **changes)
-        proxy = ProxyBackend(backend)
-        runtime = await Runtime.start(settings, backend=proxy)
-        server = await start_grpc_server(runtime, ScanService(runtime), "127.0.0.1", 0)
-        transport = httpx.ASGITransport(app=create_app(settings, runtime))
-        client = httpx.AsyncClient(transport=transport, base_url="http://facerec.test", timeout=PATIENCE_S)
-        env = Env(runtime, proxy, client, server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"), big_pair)
-        made.append(env)
-        return env
 
-    yield make
-    for env in made:
-        env.proxy.gate.set()
-        await env.client.aclose()
-        await env.channel.close()
-        await env.grpc.stop(0)
-        await env.runtime.aclose()
+def _waiting(h: Harness) -> float:
+    return h.runtime.metrics.value("facerec_decode_memory_waiting")
+
+
+async def _first_at_the_gate(h: Harness, images: tuple[bytes, bytes]) -> asyncio.Future[httpx.Response]:
+    """A compare whose detector batch (both rows: batch size 16) is held at the closed gate, pixels decoded."""
+    assert h.gate is not None
+    h.gate.hold()
+    first = asyncio.ensure_future(_http(h, images))
+    await h.gate.wait_rows("detector", 2, within_s=PATIENCE_S)
+    return first
 
 
 @pytest.mark.parametrize("second", ["http", "grpc"])
-async def test_a_compare_waits_for_memory_another_one_holds(make_env: Any, second: str) -> None:
+async def test_a_compare_waits_for_memory_another_one_holds(serve_local: Any, big_pair: tuple[bytes, bytes],
+                                                           second: str) -> None:
     """64 MB: one 2 x 3.2 MP compare fits (decoded one image at a time); a second must wait while the first keeps
     its pixels at the closed gate, and is decoded as soon as the first is done."""
-    env: Env = await make_env(decode_memory_mb=64)
-    env.proxy.gate.clear()
-    first = asyncio.ensure_future(env.http())
-    await wait_until(lambda: env.proxy.rows["detector"] >= 2, PATIENCE_S, "the first compare at the gate")
-    later = asyncio.ensure_future(env.http() if second == "http" else env.grpc_call())
-    await wait_until(lambda: env.waiting() == 1, PATIENCE_S, "the second compare waiting for memory")
-    # The second one has not decoded: none of its rows reached the detector's queue or the model.
-    assert env.proxy.rows["detector"] == 2
-    assert env.runtime.metrics.value("facerec_queue_depth", model="detector") == 0
-    assert env.runtime.decode_budget.in_use > 0
-    env.proxy.gate.set()
-    assert (await asyncio.wait_for(first, PATIENCE_S)).status_code == 200
-    done = await asyncio.wait_for(later, PATIENCE_S)
-    assert (done.status_code == 200) if second == "http" else (done == (0, ""))
-    assert env.runtime.decode_budget.in_use == 0 and env.waiting() == 0
+    async with serve_local(with_grpc=True, decode_memory_mb=64) as h:
+        assert h.gate is not None
+        first = await _first_at_the_gate(h, big_pair)
+        later = asyncio.ensure_future(_http(h, big_pair) if second == "http" else _grpc(h, big_pair))
+        await wait_until(lambda: _waiting(h) == 1, within_s=PATIENCE_S, what="the second compare waiting for memory")
+        # The second one has not decoded: none of its rows reached the detector's queue or the model.
+        assert h.gate.rows["detector"] == 2
+        assert h.runtime.metrics.value("facerec_queue_depth", model="detector") == 0
+        assert h.runtime.decode_budget.in_use > 0
+        # Waiting for memory is part of admission: it holds a place in the gate meanwhile.
+        assert h.runtime.admission.in_flight == 2
+        h.gate.release()
+        assert (await asyncio.wait_for(first, PATIENCE_S)).status_code == 200
+        done = await asyncio.wait_for(later, PATIENCE_S)
+        assert (done.status_code == 200) if second == "http" else (done == (0, ""))
+        assert h.runtime.decode_budget.in_use == 0 and _waiting(h) == 0
+        assert (h.runtime.admission.admitted, h.runtime.admission.refused) == (2, 0)
 
 
-async def test_memory_not_granted_within_half_the_deadline_is_429(make_env: Any) -> None:
+async def test_memory_not_granted_within_half_the_deadline_is_429(serve_local: Any,
+                                                                  big_pair: tuple[bytes, bytes]) -> None:
     """With a 10 s deadline a compare waits 5 s for memory, then is told to retry (429, RESOURCE_EXHAUSTED): the
-    first compare keeps its pixels at the closed gate all along (its own deadline is later)."""
-    env: Env = await make_env(decode_memory_mb=64, request_timeout_s=10.0)
-    env.proxy.gate.clear()
-    first = asyncio.ensure_future(env.http())
-    await wait_until(lambda: env.proxy.rows["detector"] >= 2, PATIENCE_S, "the first compare at the gate")
-    refused, (code, error) = await asyncio.wait_for(asyncio.gather(env.http(), env.grpc_call()), PATIENCE_S)
-    assert refused.status_code == 429, refused.text
-    body = refused.json()
-    assert body["code"] == "overloaded" and "FACEREC_DECODE_MEMORY_MB" in body["detail"], body
-    assert refused.headers["retry-after"] and body["retry_after_ms"] > 0
-    assert (code, error) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "overloaded")
-    assert env.runtime.metrics.value("facerec_requests_rejected_total", reason="memory") == 2
-    env.proxy.gate.set()
-    assert (await asyncio.wait_for(first, PATIENCE_S)).status_code in (200, 503)  # 503 if its own deadline passed
-    assert env.runtime.decode_budget.in_use == 0
+    first compare keeps its pixels at the closed gate all along (its own deadline is later). The refusal happens
+    before any decode, so it counts as refused (``memory``), never as admitted work refused later."""
+    async with serve_local(with_grpc=True, decode_memory_mb=64, request_timeout_s=10.0) as h:
+        assert h.gate is not None
+        first = await _first_at_the_gate(h, big_pair)
+        refused, (code, error) = await asyncio.wait_for(asyncio.gather(_http(h, big_pair), _grpc(h, big_pair)),
+                                                        PATIENCE_S)
+        assert refused.status_code == 429, refused.text
+        body = refused.json()
+        assert body["code"] == "overloaded" and "FACEREC_DECODE_MEMORY_MB" in body["detail"], body
+        assert refused.headers["retry-after"] and body["retry_after_ms"] > 0
+        assert (code, error) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "overloaded")
+        metrics = h.runtime.metrics
+        assert metrics.value("facerec_requests_rejected_total", reason="memory") == 2
+        assert metrics.value("facerec_requests_rejected_total", reason="overloaded") == 0
+        assert (h.runtime.admission.admitted, h.runtime.admission.refused) == (1, 2)  # the first only
+        assert h.gate.rows["detector"] == 2  # neither refused compare queued a row
+        h.gate.release()
+        assert (await asyncio.wait_for(first, PATIENCE_S)).status_code in (200, 503)  # 503 if its deadline passed
+        assert h.runtime.decode_budget.in_use == 0
+        assert h.runtime.admission.in_flight == 0
 
 
-async def test_a_compare_larger_than_the_whole_budget_runs_alone(make_env: Any) -> None:
-    env: Env = await make_env(decode_memory_mb=16)
-    assert (await env.http()).status_code == 200
-    assert await env.grpc_call() == (0, "")
-    assert env.runtime.decode_budget.in_use == 0
+async def test_a_compare_larger_than_the_whole_budget_runs_alone(serve_local: Any,
+                                                                 big_pair: tuple[bytes, bytes]) -> None:
+    async with serve_local(with_grpc=True, decode_memory_mb=16) as h:
+        assert (await _http(h, big_pair)).status_code == 200
+        assert await _grpc(h, big_pair) == (0, "")
+        assert h.runtime.decode_budget.in_use == 0
 
 
 # --------------------------------------------------------------------------- the real process, worst case
@@ -177,7 +152,9 @@ def worst_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak RSS is read from /proc (Linux)")
 async def test_sixteen_worst_case_compares_stay_under_1_5_gib(tmp_path: Path, worst_images: dict[str, bytes],
                                                                image_bytes: Callable[[str], bytes]) -> None:
-    server = ServeProcess(tmp_path / "data", FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository")).start()
+    server = ServeProcess(tmp_path / "data", env={**LOCAL_CPU,
+                                                  "FACEREC_MODEL_REPOSITORY": str(PROJECT_ROOT / "model_repository")}
+                          ).start()
     try:
         assert server.proc is not None
         token = server.token("acme")

@@ -15,28 +15,23 @@ from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
-from edgekit import Edge, assert_grpc, serve_both
+from harness import Harness, assert_grpc
 
 from server.api.grpc import start_grpc_server
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.auth import KeySet, TokenVerifier
 from server.service import ScanService
+from tooling.wait import wait_until
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.served()]
 
 PATIENCE_S = 60.0
 METHODS = ["CompareFaces", "GetScan", "ListScans", "UpdateScan", "DeleteScan"]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(start_runtime: Any) -> AsyncIterator[Edge]:
-    runtime = await start_runtime()
-    try:
-        async with serve_both(runtime) as edge:
-            yield edge
-    finally:
-        await runtime.aclose()
+def _channel(env: Harness) -> grpc.aio.Channel:
+    assert env.channel is not None
+    return env.channel
 
 
 async def _never_sent() -> AsyncIterator[bytes]:
@@ -56,21 +51,21 @@ def _open_call(channel: grpc.aio.Channel, method: str, metadata: tuple[tuple[str
                                       (("authorization", "Basic YWxpY2U6c2VjcmV0"),)],
                          ids=["no-token", "bad-token", "not-bearer"])
 async def test_unauthenticated_call_is_refused_before_its_message_arrives(
-        env: Edge, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        env: Harness, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _open_call(env.channel, method, metadata)
+        await _open_call(_channel(env), method, metadata)
     assert info.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED, "the server waited for the message"
     assert_grpc(info.value, 401, "unauthorized")
 
 
-async def test_authenticated_call_still_reads_its_message(env: Edge) -> None:
+async def test_authenticated_call_still_reads_its_message(env: Harness) -> None:
     release = asyncio.Event()
 
     async def one_message() -> AsyncIterator[bytes]:
         await release.wait()
         yield pb.ListScansRequest(size=5).SerializeToString()
 
-    call = _open_call(env.channel, "ListScans", env.metadata(), one_message())
+    call = _open_call(_channel(env), "ListScans", env.metadata(), one_message())
     release.set()
     raw = await asyncio.wait_for(call, PATIENCE_S)
     assert pb.ListScansResponse.FromString(raw).size == 5
@@ -96,7 +91,7 @@ class GatedKeys:
         return None
 
 
-async def test_calls_waiting_for_authentication_are_capped(env: Edge) -> None:
+async def test_calls_waiting_for_authentication_are_capped(env: Harness) -> None:
     runtime = env.runtime
     real = runtime.verifier
     keys = GatedKeys(await real.source.keys())
@@ -108,10 +103,8 @@ async def test_calls_waiting_for_authentication_are_capped(env: Edge) -> None:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
         waiting = [asyncio.ensure_future(_open_call(channel, "ListScans", env.metadata())) for _ in range(4)]
-        end = asyncio.get_running_loop().time() + PATIENCE_S
-        while keys.waiting < 4:  # test-side wait for the four calls to reach the (gated) key source
-            assert asyncio.get_running_loop().time() < end, f"only {keys.waiting} calls reached authentication"
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: keys.waiting == 4, within_s=PATIENCE_S,
+                         what="the four calls to reach the (gated) key source")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _open_call(channel, "ListScans", env.metadata())
         assert_grpc(info.value, 429, "overloaded")

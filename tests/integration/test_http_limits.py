@@ -12,26 +12,36 @@ from __future__ import annotations
 import contextlib
 import json
 import select
-import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from faultkit import PAIR, ServeProcess
+from harness import (
+    COMPARE,
+    LOCAL_CPU,
+    PAIR,
+    SCANS,
+    Answer,
+    closed_soon,
+    compare_parts,
+    multipart,
+    raw_connect,
+    read_answer,
+    send_until_answered,
+)
 
 from server.settings import PROJECT_ROOT
+from tooling.serve import ServeProcess
 
 PATIENCE_S = 60.0
-COMPARE = "/v1/compare_face"
-SCANS = "/v1/face-recognition"
 HARDENING = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
-             "cache-control": "no-store"}
+             "cache-control": "no-store", "content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 MAX_REQUEST = 300_000
 BOUNDARY = "limitboundary"
 
@@ -49,69 +59,17 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("limits") / "data"
-    proc = ServeProcess(data, FACEREC_ORT_INTRA_THREADS="1",
-                        FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository"),
-                        FACEREC_MAX_REQUEST_BYTES=str(MAX_REQUEST), FACEREC_MAX_FILE_BYTES="200000",
-                        FACEREC_HEADER_TIMEOUT_S="1", FACEREC_BODY_TIMEOUT_S="2").start()
+    proc = ServeProcess(data, env={**LOCAL_CPU, "FACEREC_ORT_INTRA_THREADS": "1",
+                                   "FACEREC_MODEL_REPOSITORY": str(PROJECT_ROOT / "model_repository"),
+                                   "FACEREC_MAX_REQUEST_BYTES": str(MAX_REQUEST), "FACEREC_MAX_FILE_BYTES": "200000",
+                                   "FACEREC_HEADER_TIMEOUT_S": "1", "FACEREC_BODY_TIMEOUT_S": "2"}).start()
     try:
         yield Server(proc, proc.token("acme"))
     finally:
         proc.stop()
 
 
-# --------------------------------------------------------------------------- raw HTTP/1.1 on a socket
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    closed: bool = False  # the server closed the connection after answering
-
-
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
-    sock.settimeout(PATIENCE_S)
-    return sock
-
-
-def _read_answer(sock: socket.socket) -> Answer:
-    """One response (status, headers, a Content-Length body), then whether the server closed the connection."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a complete response: {buf[:200]!r}")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return Answer(status, headers, rest[:length], closed=_closed_soon(sock))
-
-
-def _closed_soon(sock: socket.socket) -> bool:
-    """Whether the server ends the connection (EOF or reset) within PATIENCE_S, reading past anything it sends."""
-    end = time.monotonic() + PATIENCE_S
-    while time.monotonic() < end:
-        try:
-            if not sock.recv(65536):
-                return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except TimeoutError:
-            return False
-    return False
+# --------------------------------------------------------------------------- answers read off the socket
 
 
 def _assert_problem(answer: Answer, status: int, code: str) -> dict[str, object]:
@@ -124,25 +82,6 @@ def _assert_problem(answer: Answer, status: int, code: str) -> dict[str, object]
     return body
 
 
-def _send_until_answered(sock: socket.socket, first: bytes, piece: bytes, limit: int) -> int:
-    """Send ``first``, then ``piece`` repeatedly (at most ``limit`` bytes) until the server answers or closes.
-
-    Returns the bytes sent after ``first``. The server's answer is left unread on the socket.
-    """
-    sock.sendall(first)
-    sent = 0
-    while sent < limit:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if readable:
-            break
-        try:
-            sock.sendall(piece)
-        except (ConnectionResetError, BrokenPipeError):
-            break
-        sent += len(piece)
-    return sent
-
-
 def _assert_still_serving(server: Server) -> None:
     with httpx.Client(base_url=server.proc.url, timeout=PATIENCE_S) as client:
         assert client.get("/health/live").status_code == 200
@@ -153,10 +92,10 @@ def _assert_still_serving(server: Server) -> None:
 
 def test_oversized_header_block_is_refused_with_431_long_before_its_end(server: Server) -> None:
     """A header that never ends: 431 once the block passes 32 KiB, not after the 32 MB this client would send."""
-    with contextlib.closing(_connect(server.port)) as sock:
-        sent = _send_until_answered(sock, b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 65536,
-                                    limit=32 * 1024 * 1024)
-        answer = _read_answer(sock)
+    with contextlib.closing(raw_connect(server.port)) as sock:
+        sent = send_until_answered(sock, b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 65536,
+                                   limit=32 * 1024 * 1024)
+        answer = read_answer(sock)
     _assert_problem(answer, 431, "headers_too_large")
     assert answer.closed
     # The limit plus what the kernel's socket buffers took before the answer was seen (loopback autotuning allows
@@ -167,9 +106,9 @@ def test_oversized_header_block_is_refused_with_431_long_before_its_end(server: 
 
 def test_too_many_header_fields_is_431(server: Server) -> None:
     head = "GET /health/live HTTP/1.1\r\nHost: x\r\n" + "".join(f"X-H{i}: v\r\n" for i in range(500)) + "\r\n"
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         sock.sendall(head.encode())
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     _assert_problem(answer, 431, "headers_too_large")
     assert answer.closed
     _assert_still_serving(server)
@@ -188,60 +127,37 @@ def test_headers_within_the_limits_still_pass(server: Server) -> None:
 def test_a_whole_request_in_one_read_is_not_a_header_overflow(server: Server, faces_dir: Path) -> None:
     """Headers and a 240 KB body sent in one write (as a keep-alive client does) often arrive in one read: only
     header bytes count towards the header limit, on every request of the connection."""
-    parts = []
-    for name, value, filename in (("channel", b"WEB", None), ("reference", b"one-read", None),
-                                  ("file1", (faces_dir / PAIR[0]).read_bytes(), "a.jpg"),
-                                  ("file2", (faces_dir / PAIR[1]).read_bytes(), "b.jpg")):
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        parts.append(f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + value + b"\r\n")
-    body = b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    body = multipart(compare_parts((faces_dir / PAIR[0]).read_bytes(), (faces_dir / PAIR[1]).read_bytes(),
+                                   reference=b"one-read"), BOUNDARY)
     head = (f"POST {COMPARE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n")
     assert len(body) > 2 * 32 * 1024
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         for _ in range(3):
             sock.sendall(head.encode() + body)
-            answer = _read_answer_keep_alive(sock)
+            answer = read_answer(sock, wait_close=False)
             assert answer.status == 200, answer
-
-
-def _read_answer_keep_alive(sock: socket.socket) -> Answer:
-    """One response on a connection that stays open (no wait for the close)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed: {buf[:200]!r}"
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        rest += chunk
-    return Answer(int(lines[0].split()[1]), headers, rest[:length])
 
 
 # --------------------------------------------------------------------------- slow clients
 
 
 def test_connection_that_sends_nothing_is_closed(server: Server) -> None:
-    with contextlib.closing(_connect(server.port)) as sock:
-        assert _closed_soon(sock)
+    with contextlib.closing(raw_connect(server.port)) as sock:
+        assert closed_soon(sock)
 
 
 def test_half_sent_headers_are_answered_408_and_closed(server: Server) -> None:
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     _assert_problem(answer, 408, "request_timeout")
     assert answer.closed
 
 
 def test_trickled_headers_do_not_keep_a_connection_open(server: Server) -> None:
     """One header byte every 0.1 s: each byte is progress, yet the header block must end within the timeout."""
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         end = time.monotonic() + PATIENCE_S
         while time.monotonic() < end:
@@ -262,9 +178,9 @@ def test_trickled_headers_do_not_keep_a_connection_open(server: Server) -> None:
 def test_half_sent_body_is_answered_408_and_closed(server: Server) -> None:
     head = (f"POST {COMPARE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n")
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         sock.sendall(head.encode() + f"--{BOUNDARY}\r\n".encode())
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     _assert_problem(answer, 408, "request_timeout")
     assert answer.closed
     _assert_still_serving(server)
@@ -281,9 +197,9 @@ def test_half_sent_body_is_answered_408_and_closed(server: Server) -> None:
     b"GET /he alth HTTP/1.1\r\n\r\n",
 ], ids=["control-byte-in-header", "content-length-and-chunked", "bad-version", "space-in-target"])
 def test_requests_refused_by_the_parser_carry_our_headers(server: Server, request_bytes: bytes) -> None:
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         sock.sendall(request_bytes)
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     _assert_problem(answer, 400, "bad_request")
     assert "server" not in answer.headers
     assert answer.closed
@@ -329,9 +245,9 @@ def test_early_413_reaches_a_raw_client_that_sends_everything_first(server: Serv
     else:
         wire = body
         head += f"Content-Length: {len(body)}\r\n\r\n"
-    with contextlib.closing(_connect(server.port)) as sock:
+    with contextlib.closing(raw_connect(server.port)) as sock:
         sock.sendall(head.encode() + wire)  # all of it, before reading a byte
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     _assert_problem(answer, 413, "payload_too_large")
     _assert_still_serving(server)
 

@@ -1,5 +1,7 @@
 """The log of a real ``facerec serve`` under hostile input: client-controlled values cannot forge or hide lines,
-every request (routed or not) gets its access line, and a client that leaves is a 499 at INFO, not a 500.
+every request (routed or not) gets its access line, and a client that leaves is a 499 at INFO, not a 500. Every
+test runs against both log formats (``FACEREC_LOG_FORMAT`` text and json): the JSON members carry the escaped
+values too, and every JSON line is one object.
 
 Waits for the server to write a line are bounded by ``PATIENCE_S`` (60 s): a line is written within milliseconds
 of the request ending, so the bound only trips when it is never written, even at a 10x slowdown.
@@ -7,24 +9,27 @@ of the request ending, so the bound only trips when it is never written, even at
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import re
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from faultkit import PAIR, ServeProcess
+from harness import COMPARE, LOCAL_CPU, PAIR, SCANS, compare_parts, multipart, raw_connect, raw_request
 
 from server.auth import ALL_ROLES, LocalIssuer
 from server.settings import PROJECT_ROOT
+from tooling.serve import ServeProcess
+from tooling.wait import wait_until
 
 PATIENCE_S = 60.0
-SCANS = "/v1/face-recognition"
-COMPARE = "/v1/compare_face"
 BOUNDARY = "logboundary"
 # Characters that end, rewrite or hide a line on a terminal or in a text log.
 FORBIDDEN = ["\r", "\x00", "\x1b", "\u202e", "\u2028", "\u2029", "\u200b", "\x85", "\x0b", "\x0c"]
@@ -32,10 +37,15 @@ LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARN
 FORGED = "2026-01-01 00:00:00,000 INFO server.service [x]: scan 1 deleted by user 'root' of company 'acme'"
 
 
+# Lines `facerec serve` prints itself (not log records), in either format.
+PRINTED = ("facerec:", "local token issuer", "  ", "and send")
+
+
 @dataclass
 class Server:
     proc: ServeProcess
     data_dir: Path
+    log_format: str
 
     def mint(self, company: str = "acme", user: str = "alice") -> str:
         return LocalIssuer.load_or_create(self.data_dir).mint(company, user, ALL_ROLES, 600, "facerec")
@@ -49,51 +59,52 @@ class Server:
 
     def wait_for(self, predicate: Callable[[str], bool], what: str, since: int = 0) -> str:
         """The log written after ``since``, once ``predicate`` holds for it."""
-        end = time.monotonic() + PATIENCE_S
-        while True:
-            text = self.log()[since:]
-            if predicate(text):
-                return text
-            if time.monotonic() > end:
-                raise AssertionError(f"no {what} in the log after {PATIENCE_S:.0f} s:\n{text[-3000:]}")
-            time.sleep(0.05)
+        try:
+            asyncio.run(wait_until(lambda: predicate(self.log()[since:]), within_s=PATIENCE_S, interval_s=0.05,
+                                   what=f"{what} in the log"))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()[since:][-3000:]}") from None
+        return self.log()[since:]
+
+    def records(self, text: str) -> list[dict[str, Any]]:
+        """The JSON records of ``text`` (json format)."""
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def access_lines(self, text: str, rid: str) -> list[str]:
+        """The access lines of request ``rid``, as written."""
+        if self.log_format == "text":
+            return [line for line in text.splitlines() if "server.access" in line and f"[{rid}]" in line]
+        return [line for line in text.splitlines() if line.startswith("{")
+                and (r := json.loads(line))["logger"] == "server.access" and r.get("request_id") == rid]
+
+    def level(self, line: str) -> str:
+        """The level of a log line."""
+        return line.split()[2] if self.log_format == "text" else str(json.loads(line)["level"])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data = tmp_path_factory.mktemp("logs") / "data"
-    proc = ServeProcess(data, FACEREC_ORT_INTRA_THREADS="1",
-                        FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository")).start()
+@pytest.fixture(scope="module", params=["text", "json"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp(f"logs-{request.param}") / "data"
+    proc = ServeProcess(data, env={**LOCAL_CPU, "FACEREC_ORT_INTRA_THREADS": "1", "FACEREC_LOG_FORMAT": request.param,
+                                   "FACEREC_MODEL_REPOSITORY": str(PROJECT_ROOT / "model_repository")}).start()
     try:
-        yield Server(proc, data)
+        yield Server(proc, data, request.param)
     finally:
         proc.stop()
 
 
-def _raw(port: int, request: bytes) -> bytes:
-    """Send ``request`` as is and return the status line of the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.split(b"\r\n", 1)[0]
-
-
-def _access_lines(text: str, rid: str) -> list[str]:
-    return [line for line in text.splitlines() if "server.access" in line and f"[{rid}]" in line]
-
-
-def _assert_clean(text: str) -> None:
+def _assert_clean(server: Server, text: str) -> None:
     for ch in FORBIDDEN:
         assert ch not in text, f"{ch!r} reached the log"
     for line in text.splitlines():
-        assert LINE_START.match(line) or line.startswith(("facerec:", "local token issuer", "  ", "and send")), (
+        if server.log_format == "json" and line.startswith("{"):
+            record = json.loads(line)  # one whole object per line
+            assert set(record) >= {"timestamp", "level", "logger", "message"}, line
+            continue
+        assert (server.log_format == "text" and LINE_START.match(line)) or line.startswith(PRINTED), (
             f"a line that does not start like a log record: {line!r}")
     assert not any(line.startswith(FORGED[:30]) for line in text.splitlines())
+    assert not any(r["message"].startswith(FORGED[:30]) for r in server.records(text))
 
 
 # --------------------------------------------------------------------------- forged lines
@@ -109,11 +120,11 @@ def _assert_clean(text: str) -> None:
 def test_paths_cannot_forge_or_hide_log_lines(server: Server, name: str, path: str) -> None:
     rid = f"forge-{name}"
     since = server.mark()
-    status = _raw(server.proc.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode())
-    assert status.split()[1] in (b"400", b"401", b"404"), status
-    text = server.wait_for(lambda t: bool(_access_lines(t, rid)), f"access line of {rid}", since)
-    _assert_clean(text)
-    (line,) = _access_lines(text, rid)
+    answer = raw_request(server.proc.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode())
+    assert answer.status in (400, 401, 404), answer
+    text = server.wait_for(lambda t: bool(server.access_lines(t, rid)), f"access line of {rid}", since)
+    _assert_clean(server, text)
+    (line,) = server.access_lines(text, rid)
     assert "%0D%0A" in line or "%0A" in line or "%00" in line or "%E2%80%AE" in line, line
 
 
@@ -125,8 +136,8 @@ def test_header_values_and_query_never_reach_the_log(server: Server) -> None:
                           headers={"X-Request-ID": "hdr-1", "User-Agent": "ua\u2028x".encode(),
                                    "Referer": "x\u202ey".encode()})
         assert resp.status_code == 401
-    text = server.wait_for(lambda t: bool(_access_lines(t, "hdr-1")), "access line of hdr-1", since)
-    _assert_clean(text)
+    text = server.wait_for(lambda t: bool(server.access_lines(t, "hdr-1")), "access line of hdr-1", since)
+    _assert_clean(server, text)
     assert "ref-" not in text and "ua\\u2028" not in text and "x\\u202e" not in text  # not even escaped
 
 
@@ -143,8 +154,8 @@ def test_claims_in_the_audit_line_are_escaped(server: Server, faces_dir: Path) -
         scan_id = created.json()["id"]
         resp = client.delete(f"{SCANS}/{scan_id}", headers={**auth, "X-Request-ID": "audit-del"})
         assert resp.status_code == 204, resp.text
-    text = server.wait_for(lambda t: bool(_access_lines(t, "audit-del")), "access line of audit-del", since)
-    _assert_clean(text)
+    text = server.wait_for(lambda t: bool(server.access_lines(t, "audit-del")), "access line of audit-del", since)
+    _assert_clean(server, text)
     audit = [line for line in text.splitlines() if scan_id in line and "deleted" in line]
     assert len(audit) == 1, audit
     assert "bob" in audit[0] and "acme" in audit[0]
@@ -161,9 +172,9 @@ def test_unrouted_requests_get_their_access_line(server: Server) -> None:
         assert client.get("/v1/face-recognition/a/b/c", headers={"X-Request-ID": "unrouted-404b"}).status_code \
             == 404
     rids = ("unrouted-404", "unrouted-405", "unrouted-404b")
-    text = server.wait_for(lambda t: all(_access_lines(t, r) for r in rids), "unrouted access lines", since)
-    assert " 404 " in _access_lines(text, "unrouted-404")[0]
-    assert " 405 " in _access_lines(text, "unrouted-405")[0]
+    text = server.wait_for(lambda t: all(server.access_lines(t, r) for r in rids), "unrouted access lines", since)
+    assert " 404 " in server.access_lines(text, "unrouted-404")[0]
+    assert " 405 " in server.access_lines(text, "unrouted-405")[0]
     with httpx.Client(base_url=server.proc.url, timeout=PATIENCE_S) as client:
         metrics = client.get("/metrics").text
     assert re.search(r'facerec_http_request_duration_seconds_count\{[^}]*route="unmatched"[^}]*status="404"',
@@ -176,22 +187,17 @@ def test_unrouted_requests_get_their_access_line(server: Server) -> None:
 def _leave_mid_upload(port: int, token: str, rid: str) -> None:
     head = (f"POST {COMPARE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Request-ID: {rid}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 150000\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
+    with contextlib.closing(raw_connect(port)) as sock:
         sock.sendall(head.encode() + f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file1\"; "
                      f"filename=\"a.jpg\"\r\n\r\n".encode() + b"\xff" * 50_000)
         # Gone before the rest of the body: the handler is waiting for it.
 
 
 def _leave_after_sending(port: int, token: str, rid: str, file1: bytes, file2: bytes) -> None:
-    parts = []
-    for name, value, filename in (("channel", b"WEB", None), ("reference", b"leaver", None),
-                                  ("file1", file1, "a.jpg"), ("file2", file2, "b.jpg")):
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        parts.append(f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + value + b"\r\n")
-    body = b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    body = multipart(compare_parts(file1, file2, reference=b"leaver"), BOUNDARY)
     head = (f"POST {COMPARE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Request-ID: {rid}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
+    with contextlib.closing(raw_connect(port)) as sock:
         sock.sendall(head.encode() + body)
         sock.shutdown(socket.SHUT_WR)
         # Closed without reading: the compare is decoding or queued or running when the server notices.
@@ -207,15 +213,16 @@ def test_client_that_leaves_is_499_at_info_never_500(server: Server, faces_dir: 
             _leave_after_sending(server.proc.port, token, rid, file1, file2)
         else:
             _leave_mid_upload(server.proc.port, token, rid)
-    text = server.wait_for(lambda t: all(_access_lines(t, r) for r in rids), "access lines of the leavers", since)
+    text = server.wait_for(lambda t: all(server.access_lines(t, r) for r in rids), "access lines of the leavers",
+                           since)
     for i, rid in enumerate(rids):
-        (line,) = _access_lines(text, rid)
-        assert " INFO " in line, line
+        (line,) = server.access_lines(text, rid)
+        assert server.level(line) == "INFO", line
         if i % 2:  # the whole request was sent: a compare that won the race is a 200 nobody read, never a 500
             assert " 499 " in line or " 200 " in line, line
         else:  # left mid-upload: the request can never complete
             assert " 499 " in line, line
-    assert " ERROR " not in text and "Traceback" not in text, text[-3000:]
+    assert " ERROR " not in text and '"level": "ERROR"' not in text and "Traceback" not in text, text[-3000:]
     with httpx.Client(base_url=server.proc.url, timeout=PATIENCE_S) as client:
         metrics = client.get("/metrics").text
     assert re.search(r'facerec_http_request_duration_seconds_count\{[^}]*status="499"[^}]*\} [1-9]', metrics)

@@ -15,20 +15,22 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from edgekit import COMPARE, SCANS, Edge, assert_grpc, assert_problem, grpc_error, serve_both
-from faultkit import PAIR, ServeProcess
+from harness import COMPARE, LOCAL_CPU, PAIR, SCANS, Harness, assert_grpc, assert_problem, grpc_error
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
 from server.settings import PROJECT_ROOT
+from tooling.serve import ServeProcess
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.served()]
+# The child processes of the file tests: CPU models of this checkout, one inference thread (the machine is shared).
+SERVE_ENV = {**LOCAL_CPU, "FACEREC_ORT_INTRA_THREADS": "1",
+             "FACEREC_MODEL_REPOSITORY": str(PROJECT_ROOT / "model_repository")}
 
 
 def _mode(path: Path) -> int:
@@ -51,8 +53,7 @@ def _server_creates_private_data_dir_and_database(tmp_path: Path, faces_dir: Pat
     data = tmp_path / "fresh" / "data"
     data.parent.mkdir()  # where ServeProcess writes the server's log
     with _umask(0o022):
-        proc = ServeProcess(data, FACEREC_ORT_INTRA_THREADS="1",
-                            FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository")).start()
+        proc = ServeProcess(data, env=SERVE_ENV).start()
     try:
         token = proc.token("acme")
         with httpx.Client(base_url=proc.url, timeout=120) as client:
@@ -82,8 +83,7 @@ def _existing_database_files_are_tightened(tmp_path: Path) -> None:
     for f in data.iterdir():
         f.chmod(0o644)
     with _umask(0o022):
-        proc = ServeProcess(data, FACEREC_ORT_INTRA_THREADS="1",
-                            FACEREC_MODEL_REPOSITORY=str(PROJECT_ROOT / "model_repository"))
+        proc = ServeProcess(data, env=SERVE_ENV)
         try:
             proc.start()
         finally:
@@ -124,21 +124,10 @@ async def test_cli_creates_a_private_data_dir(tmp_path: Path) -> None:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(start_runtime: Any) -> AsyncIterator[Edge]:
-    runtime = await start_runtime()
-    try:
-        async with serve_both(runtime) as edge:
-            yield edge
-    finally:
-        await runtime.aclose()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def scan_id(env: Edge, faces_dir: Path) -> str:
-    resp = await env.http_compare((faces_dir / PAIR[0]).read_bytes(), (faces_dir / PAIR[1]).read_bytes(),
-                                  reference="ref-ok")
-    assert resp.status_code == 200, resp.text
-    return str(resp.json()["id"])
+async def scan_id(env: Harness, faces_dir: Path) -> str:
+    scan = await env.stored_scan((faces_dir / PAIR[0]).read_bytes(), (faces_dir / PAIR[1]).read_bytes(),
+                                 reference="ref-ok")
+    return str(scan["id"])
 
 
 INVISIBLE = [
@@ -164,7 +153,7 @@ VISIBLE = ["Zoë-42", "契約-7", "ref with inner spaces", "👍🏽", "N°12/20
 
 
 @pytest.mark.parametrize("reference", [c[1] for c in INVISIBLE], ids=[c[0] for c in INVISIBLE])
-async def test_invisible_references_are_refused_http(env: Edge, faces_dir: Path, scan_id: str,
+async def test_invisible_references_are_refused_http(env: Harness, faces_dir: Path, scan_id: str,
                                                      reference: str) -> None:
     created = await env.http_compare((faces_dir / PAIR[0]).read_bytes(), (faces_dir / PAIR[1]).read_bytes(),
                                      reference=reference)
@@ -176,7 +165,7 @@ async def test_invisible_references_are_refused_http(env: Edge, faces_dir: Path,
 
 
 @pytest.mark.parametrize("reference", [c[1] for c in INVISIBLE], ids=[c[0] for c in INVISIBLE])
-async def test_invisible_references_are_refused_grpc(env: Edge, faces_dir: Path, scan_id: str,
+async def test_invisible_references_are_refused_grpc(env: Harness, faces_dir: Path, scan_id: str,
                                                      reference: str) -> None:
     err = await grpc_error(env.grpc_compare((faces_dir / PAIR[0]).read_bytes(), (faces_dir / PAIR[1]).read_bytes(),
                                             reference=reference))
@@ -189,7 +178,7 @@ async def test_invisible_references_are_refused_grpc(env: Edge, faces_dir: Path,
 
 
 @pytest.mark.parametrize("reference", VISIBLE)
-async def test_visible_references_are_accepted(env: Edge, scan_id: str, reference: str) -> None:
+async def test_visible_references_are_accepted(env: Harness, scan_id: str, reference: str) -> None:
     resp = await env.http.put(f"{SCANS}/{scan_id}", headers=env.headers(), json={"reference": reference})
     assert resp.status_code == 200 and resp.json()["reference"] == reference, resp.text
     listed = await env.http.get(SCANS, headers=env.headers(), params={"reference": reference})

@@ -9,59 +9,31 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
-import pytest_asyncio
-from edgekit import SCANS, Edge, assert_grpc, assert_problem, grpc_error, serve_both
+from harness import SCANS, Harness, assert_grpc, assert_problem, grpc_error
 
 from server.api.grpc.gen.facerec.v1 import face_recognition_pb2 as pb
-from server.auth import ALL_ROLES, LOCAL_ISSUER
+from server.auth import ALL_ROLES
 from server.settings import PROJECT_ROOT
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.served()]
 
 DAY = 86_400
 YEAR_9999 = 253_402_300_799
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(start_runtime: Any) -> AsyncIterator[Edge]:
-    runtime = await start_runtime()
-    try:
-        async with serve_both(runtime) as edge:
-            yield edge
-    finally:
-        await runtime.aclose()
-
-
-def _signed(env: Edge, **changes: Any) -> str:
-    """A token the local issuer really signs, with claims changed (``None`` removes one)."""
-    issuer = env.runtime.local_issuer
-    assert issuer is not None
-    now = int(time.time())
-    claims: dict[str, Any] = {"iss": LOCAL_ISSUER, "aud": env.runtime.settings.auth_audience, "sub": "mallory",
-                              "company_id": "acme", "roles": list(ALL_ROLES), "iat": now, "nbf": now,
-                              "exp": now + 600}
-    for key, value in changes.items():
-        if value is None:
-            claims.pop(key, None)
-        else:
-            claims[key] = value
-    return jwt.encode(claims, issuer.private_key, algorithm="ES256", headers={"kid": issuer.kid})
-
-
-async def _assert_refused(env: Edge, token: str) -> None:
+async def _assert_refused(env: Harness, token: str) -> None:
     assert_problem(await env.http.get(SCANS, headers={"Authorization": f"Bearer {token}"}), 401, "unauthorized")
     err = await grpc_error(env.stub.ListScans(pb.ListScansRequest(),
                                               metadata=(("authorization", f"Bearer {token}"),)))
     assert_grpc(err, 401, "unauthorized")
 
 
-async def _assert_accepted(env: Edge, token: str) -> None:
+async def _assert_accepted(env: Harness, token: str) -> None:
     resp = await env.http.get(SCANS, headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200, resp.text
     await env.stub.ListScans(pb.ListScansRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=60)
@@ -88,8 +60,8 @@ REFUSED: list[tuple[str, Callable[[], dict[str, Any]]]] = [
 
 
 @pytest.mark.parametrize("changes", [c[1] for c in REFUSED], ids=[c[0] for c in REFUSED])
-async def test_bad_time_claims_are_refused(env: Edge, changes: Callable[[], dict[str, Any]]) -> None:
-    await _assert_refused(env, _signed(env, **changes()))
+async def test_bad_time_claims_are_refused(env: Harness, changes: Callable[[], dict[str, Any]]) -> None:
+    await _assert_refused(env, env.signed(**changes()))
 
 
 ACCEPTED: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -101,23 +73,23 @@ ACCEPTED: list[tuple[str, Callable[[], dict[str, Any]]]] = [
 
 
 @pytest.mark.parametrize("changes", [c[1] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
-async def test_valid_time_claims_are_accepted(env: Edge, changes: Callable[[], dict[str, Any]]) -> None:
-    await _assert_accepted(env, _signed(env, **changes()))
+async def test_valid_time_claims_are_accepted(env: Harness, changes: Callable[[], dict[str, Any]]) -> None:
+    await _assert_accepted(env, env.signed(**changes()))
 
 
-async def test_a_shorter_lifetime_cap_applies(make_api: Any) -> None:
-    async with make_api(auth_max_ttl_s=300) as api:
-        assert (await api.client.get(SCANS, headers=api.auth())).status_code == 401  # minted for 600 s
+async def test_a_shorter_lifetime_cap_applies(serve_target: Any) -> None:
+    async with serve_target(auth_max_ttl_s=300) as api:
+        assert (await api.http.get(SCANS, headers=api.headers())).status_code == 401  # minted for 600 s
         issuer = api.runtime.local_issuer
         assert issuer is not None
         short = issuer.mint(api.company, "alice", ALL_ROLES, 240, "facerec")
-        assert (await api.client.get(SCANS, headers={"Authorization": f"Bearer {short}"})).status_code == 200
+        assert (await api.http.get(SCANS, headers={"Authorization": f"Bearer {short}"})).status_code == 200
 
 
 # --------------------------------------------------------------------------- more than one Authorization header
 
 
-async def test_two_authorization_headers_are_refused(env: Edge) -> None:
+async def test_two_authorization_headers_are_refused(env: Harness) -> None:
     a, b = env.token(company="acme"), env.token(company="globex")
     for values in ([f"Bearer {b}", f"Bearer {a}"], [f"Bearer {a}", "Bearer garbage.gar.bage"],
                    ["Bearer garbage.gar.bage", f"Bearer {a}"], [f"Bearer {a}", f"Bearer {a}"]):

@@ -419,8 +419,9 @@ def refine_openapi(doc: dict[str, Any], *, auth_issuer: str | None) -> None:
     """Add what Litestar cannot infer to the generated document, in place.
 
     The schemas of the bodies read by hand (:func:`body_components`); bearer security (plus OpenID Connect
-    discovery when an issuer is configured) on every operation that can answer 401; field descriptions, formats, ranges and enums from :data:`FIELD_DOCS`; the ``X-Request-ID``,
-    ``traceparent``, ``Retry-After`` and ``WWW-Authenticate`` response headers; parameter ranges and enums.
+    discovery when an issuer is configured) on every operation that can answer 401; field descriptions, formats,
+    ranges and enums from :data:`FIELD_DOCS`; the ``X-Request-ID``, ``traceparent``, ``Retry-After`` and
+    ``WWW-Authenticate`` response headers; parameter ranges and enums.
     """
     components = doc.setdefault("components", {})
     schemes: dict[str, Any] = {BEARER_SCHEME: {
