@@ -29,7 +29,6 @@ import io
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, ROOT, cpu_seconds, free_port, machine_info, table, write_json
+from bench.common import RESULTS, ROOT, cpu_seconds, machine_info, table, write_json
+from tooling.serve import ServeProcess
 
 SCENARIOS = ("header", "put", "memory", "grpc", "decode")
 MIB = 2**20
@@ -54,64 +54,43 @@ W, H = 7300, 5470  # 39.9 MP, just under the default FACEREC_MAX_IMAGE_PIXELS
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    grpc_port: int
-    data_dir: Path
-    root: Path
+    proc: ServeProcess
+
+    @property
+    def port(self) -> int:
+        return self.proc.port
+
+    @property
+    def grpc_port(self) -> int:
+        return self.proc.grpc_port
 
     def token(self) -> str:
-        out = subprocess.run([sys.executable, "-m", "server", "token", "--company", "bench", "--ttl", "3600"],
-                             env={**os.environ, "FACEREC_DATA_DIR": str(self.data_dir)}, cwd=self.root,
-                             capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1]
+        return self.proc.token("bench")
 
     def status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        assert self.proc.proc is not None
+        for line in Path(f"/proc/{self.proc.proc.pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
         raise KeyError(key)
 
+    def alive(self) -> bool:
+        return self.proc.proc is not None and self.proc.proc.poll() is None
+
     def cpu(self) -> float:
-        value = cpu_seconds(self.proc.pid)
+        assert self.proc.proc is not None
+        value = cpu_seconds(self.proc.proc.pid)
         assert value is not None
         return value
 
 
 @contextlib.contextmanager
 def serve(root: Path, **env: str) -> Iterator[Server]:
-    """``python -m server serve`` from ``root`` (this checkout or another one), default settings plus ``env``."""
-    import httpx
-
-    with tempfile.TemporaryDirectory(prefix="facerec-hardening-") as tmp:
-        data = Path(tmp) / "data"
-        port, grpc_port = free_port(), free_port()
-        full_env = {**os.environ, "FACEREC_DATA_DIR": str(data),
-                    "FACEREC_MODEL_REPOSITORY": str(ROOT / "model_repository"), **env}
-        full_env.pop("FACEREC_DATABASE_URL", None)
-        log = (Path(tmp) / "server.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--grpc-port", str(grpc_port)], env=full_env, cwd=root, stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"facerec serve did not come up:\n{(Path(tmp) / 'server.log').read_text()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.25)
-            yield Server(proc, port, grpc_port, data, root)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log.close()
+    """``facerec serve`` of ``root`` (this checkout or another one, for before/after numbers), default settings
+    plus ``env``, this checkout's models; ready once ``/health/ready`` answers."""
+    full_env = {"FACEREC_MODEL_REPOSITORY": str(ROOT / "model_repository"), **env}
+    with ServeProcess(env=full_env, ready_path="/health/ready", project_root=root) as proc:
+        yield Server(proc)
 
 
 def _warm(server: Server, token: str) -> None:
@@ -222,7 +201,7 @@ def scenario_memory(root: Path, sets: list[str]) -> dict[str, Any]:
             warm_rss = server.status("VmRSS")
             statuses = asyncio.run(_compares(server, token, kinds, images))
             runs[name] = {"statuses": statuses, "peak_rss_mib": round(server.status("VmHWM") / MIB),
-                          "rss_after_warmup_mib": round(warm_rss / MIB), "server_alive": server.proc.poll() is None}
+                          "rss_after_warmup_mib": round(warm_rss / MIB), "server_alive": server.alive()}
     return runs
 
 

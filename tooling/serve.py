@@ -31,13 +31,15 @@ class ServeProcess:
     ``start()`` waits (bounded) until ``ready_path`` answers 200: ``/health/live`` once the process serves,
     ``/health/ready`` once its models and store are up too. The store is always the data directory's SQLite file
     (``FACEREC_DATABASE_URL`` is not inherited); ``env`` adds or overrides ``FACEREC_*`` variables.
+    ``project_root`` is the checkout whose server runs (this one by default; a benchmark may compare another).
     """
 
     def __init__(self, data_dir: Path | None = None, *, env: Mapping[str, str] | None = None, grpc: bool = True,
-                 ready_path: str = "/health/live") -> None:
+                 ready_path: str = "/health/live", project_root: Path = PROJECT_ROOT) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="facerec-serve-") if data_dir is None else None
         self.data_dir = data_dir if data_dir is not None else Path(self._tmp.name) / "data"  # type: ignore[union-attr]
         self.ready_path = ready_path
+        self.project_root = project_root
         self.port, self.grpc_port = free_port(), (free_port() if grpc else 0)
         self.env = {**os.environ, "FACEREC_DATA_DIR": str(self.data_dir), "FACEREC_LOG_LEVEL": "INFO", **(env or {})}
         self.env.pop("FACEREC_DATABASE_URL", None)
@@ -58,7 +60,8 @@ class ServeProcess:
                "--grpc-port", str(self.grpc_port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.project_root)
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -87,7 +90,7 @@ class ServeProcess:
         """A token minted by ``facerec token`` with the server's local issuer key."""
         out = subprocess.run([sys.executable, "-m", "server", "token", "--company", company, "--user", user,
                               "--ttl", str(ttl_s)], env=self.env, capture_output=True, text=True, check=True,
-                             cwd=PROJECT_ROOT)
+                             cwd=self.project_root)
         return out.stdout.strip().splitlines()[-1]
 
     def stop(self) -> None:
