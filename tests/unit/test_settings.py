@@ -53,6 +53,12 @@ def test_an_unknown_variable_without_a_near_name_points_to_the_list() -> None:
     ("FACEREC_TRITON_URL", "triton", "FACEREC_TRITON_URL=triton: must be host:port with a port 1..65535"),
     ("FACEREC_DATABASE_URL", "mysql://db/x", "FACEREC_DATABASE_URL=mysql://db/x: must be a URL starting with "
                                              "sqlite+aiosqlite:// or postgresql+asyncpg://"),
+    ("FACEREC_DECODE_MEMORY_MB", "8", "FACEREC_DECODE_MEMORY_MB=8: must be >= 16"),
+    ("FACEREC_MAX_HEADER_BYTES", "100", "FACEREC_MAX_HEADER_BYTES=100: must be >= 1024"),
+    ("FACEREC_MAX_HEADER_COUNT", "2", "FACEREC_MAX_HEADER_COUNT=2: must be >= 8"),
+    ("FACEREC_HEADER_TIMEOUT_S", "0", "FACEREC_HEADER_TIMEOUT_S=0: must be > 0"),
+    ("FACEREC_BODY_TIMEOUT_S", "-1", "FACEREC_BODY_TIMEOUT_S=-1: must be > 0"),
+    ("FACEREC_AUTH_MAX_TTL_S", "10", "FACEREC_AUTH_MAX_TTL_S=10: must be >= 60"),
 ])
 def test_out_of_range_values_are_refused(var: str, value: str, expected: str) -> None:
     assert _problems({var: value}) == [expected]
@@ -147,3 +153,33 @@ def test_serve_check_applies_the_flags_and_exits() -> None:
     proc = _cli("serve", "--check", "--port", "8123", "--grpc-port", "0", env={})
     assert proc.returncode == 0, proc.stderr
     assert "FACEREC_PORT=8123\n" in proc.stdout and "FACEREC_GRPC_PORT=0\n" in proc.stdout
+
+
+# --------------------------------------------------------------------------- the hardening settings
+
+
+def test_hardening_defaults() -> None:
+    s = Settings()
+    assert (s.max_header_bytes, s.max_header_count, s.header_timeout_s, s.body_timeout_s) == (32768, 100, 10.0, 60.0)
+    assert (s.decode_memory_mb, s.auth_max_ttl_s) == (768, 86_400)
+
+
+def test_hardening_settings_from_env() -> None:
+    s = Settings.from_env({"FACEREC_MAX_HEADER_BYTES": "65536", "FACEREC_MAX_HEADER_COUNT": "50",
+                           "FACEREC_HEADER_TIMEOUT_S": "2.5", "FACEREC_BODY_TIMEOUT_S": "120",
+                           "FACEREC_DECODE_MEMORY_MB": "2048", "FACEREC_AUTH_MAX_TTL_S": "3600"})
+    assert (s.max_header_bytes, s.max_header_count, s.header_timeout_s, s.body_timeout_s) == (65536, 50, 2.5, 120.0)
+    assert (s.decode_memory_mb, s.auth_max_ttl_s) == (2048, 3600)
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"FACEREC_MAX_HEADER_BYTES": "100"}, "FACEREC_MAX_HEADER_BYTES"),
+    ({"FACEREC_MAX_HEADER_COUNT": "2"}, "FACEREC_MAX_HEADER_COUNT"),
+    ({"FACEREC_HEADER_TIMEOUT_S": "0"}, "FACEREC_HEADER_TIMEOUT_S"),
+    ({"FACEREC_BODY_TIMEOUT_S": "-1"}, "FACEREC_BODY_TIMEOUT_S"),
+    ({"FACEREC_DECODE_MEMORY_MB": "8"}, "FACEREC_DECODE_MEMORY_MB"),
+    ({"FACEREC_AUTH_MAX_TTL_S": "10"}, "FACEREC_AUTH_MAX_TTL_S"),
+])
+def test_invalid_hardening_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        Settings.from_env(env)
