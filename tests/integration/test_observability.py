@@ -110,6 +110,27 @@ async def test_a_missing_or_invalid_traceparent_starts_a_new_trace(env: Harness,
     assert rec["trace_id"] == m.group(1)
 
 
+async def test_unrouted_requests_have_one_json_access_record_and_a_bounded_method_label(env: Harness,
+                                                                                          json_log: JsonLines) -> None:
+    """The context middleware wraps routing, so a 404 or 405 gets its (one) access record and trace id like any
+    request; a method no route knows is counted as "OTHER" (httptools refuses most invented methods, other ASGI
+    servers do not), while its record keeps what was sent, escaped."""
+    r = await env.http.request("FROBNICATE", "/no/such/route", headers={"X-Request-ID": "obs-unrouted"})
+    assert r.status_code == 404 and r.headers["x-request-id"] == "obs-unrouted"
+    assert (await env.http.put("/v1/compare_face", headers={"X-Request-ID": "obs-405"})).status_code == 405
+    access = {rec["request_id"]: rec for rec in json_log.records() if rec["logger"] == "server.access"}
+    assert len([rec for rec in json_log.records() if rec["logger"] == "server.access"]) == 2
+    assert (access["obs-unrouted"]["method"], access["obs-unrouted"]["route"], access["obs-unrouted"]["status"]) \
+        == ("FROBNICATE", "unmatched", 404)
+    assert (access["obs-405"]["method"], access["obs-405"]["status"]) == ("PUT", 405)
+    assert all(rec.get("trace_id") for rec in access.values())
+    metrics = env.runtime.metrics
+    assert metrics.value("facerec_http_request_duration_seconds_count", method="OTHER", route="unmatched",
+                         status="404") == 1
+    assert metrics.value("facerec_http_request_duration_seconds_count", method="FROBNICATE", route="unmatched",
+                         status="404") == 0
+
+
 async def test_auth_failures_are_logged_with_the_reason_never_the_token(env: Harness, json_log: JsonLines) -> None:
     # Keycloak's default access token: aud=account, which is not this server's audience.
     wrong_audience = mint(env, audience="account")
