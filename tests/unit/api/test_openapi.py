@@ -128,14 +128,18 @@ def test_problem_examples_match_their_status(doc: dict[str, Any]) -> None:
             content = response.get("content", {}).get("application/problem+json")
             if content is None:
                 continue
-            (example,) = [e["value"] for e in content["examples"].values()]
-            assert example["status"] == int(status), (m, p, status)
-            problem.validate(example)
-            codes.add(example["code"])
-            if status in ("429", "503"):
-                assert example["retry_after_ms"] > 0
+            examples = [e["value"] for e in content["examples"].values()]
+            assert examples and len({e["code"] for e in examples}) == len(examples), (m, p, status)
+            for example in examples:
+                assert example["status"] == int(status), (m, p, status)
+                problem.validate(example)
+                codes.add(example["code"])
+                if status in ("429", "503"):
+                    assert example["retry_after_ms"] > 0
+                if example["code"] == "low_quality":
+                    assert example["failing_components"] == {example["field"]: ["size"]}
     assert {"invalid_field", "unauthorized", "forbidden", "not_found", "payload_too_large", "unsupported_image",
-            "no_face", "overloaded", "unavailable"} <= codes
+            "no_face", "low_quality", "overloaded", "unavailable"} <= codes
     assert "extra" not in doc["components"]["schemas"]["Problem"]["properties"]
 
 

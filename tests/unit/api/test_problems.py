@@ -28,6 +28,7 @@ STATUS_TABLE: dict[type[errors.FacerecError], int] = {
     errors.ImageTooLarge: 413,
     errors.UnsupportedImage: 415,
     errors.NoFace: 422,
+    errors.LowQuality: 422,
     errors.Overloaded: 429,
     errors.Unavailable: 503,
     errors.DeadlineExceeded: 503,
