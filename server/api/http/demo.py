@@ -84,7 +84,7 @@ async def asset(name: FromPath[str]) -> Response[bytes]:
 
 @get("/config", include_in_schema=False, name="demo-config")
 async def config(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    s: Settings = _runtime(request).settings
+    s: Settings = request.app.state.settings
     return {"token_button": s.demo_tokens, "demo_company": DEMO_COMPANY if s.demo_tokens else None,
             "threshold": s.threshold, "quality_filter": s.quality_filter, "roles_claim": s.auth_roles_claim,
             "max_file_bytes": s.max_file_bytes}
@@ -105,14 +105,13 @@ def client_may_mint(request: Request[Any, Any, Any], mode: str) -> bool:
 
 @post("/token", include_in_schema=False, name="demo-token", status_code=200)
 async def token(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    runtime = _runtime(request)
-    s = runtime.settings
+    s: Settings = request.app.state.settings
     if request.headers.get(DEMO_HEADER) != "1":
         raise Forbidden(f"demo tokens are only minted for the demo page (header {DEMO_HEADER}: 1)")
     if not client_may_mint(request, s.demo):
         raise Forbidden("demo tokens are only minted for callers on this machine (FACEREC_DEMO=auto); set "
                         "FACEREC_DEMO=on to allow others, or paste a token")
-    issuer = runtime.local_issuer
+    issuer = _runtime(request).local_issuer
     if issuer is None:  # the route exists only with the local issuer; this guards a runtime built otherwise
         raise Forbidden("no local issuer: paste a token from your identity provider")
     jwt = issuer.mint(DEMO_COMPANY, DEMO_USER, ALL_ROLES, DEMO_TOKEN_TTL_S, s.auth_audience, LOCAL_ISSUER,

@@ -300,6 +300,7 @@
       return;
     }
     const video = $("camera-video");
+    video.addEventListener("playing", () => { video.dataset.playing = "true"; }, { once: true });
     video.srcObject = state.stream;
     video.hidden = false;
     try { await video.play(); } catch (e) { /* muted inline video plays; the frame check below reports failure */ }
@@ -315,6 +316,7 @@
     const video = $("camera-video");
     video.srcObject = null;
     video.hidden = true;
+    delete video.dataset.playing;
     $("camera-capture").hidden = true;
     $("camera-stop").hidden = true;
     $("camera-start").hidden = false;
@@ -491,7 +493,8 @@
 
   // ------------------------------------------------------------------------------------------ history
 
-  async function refreshHistory(page) {
+  // One page of the token's company's scans, newest first; ``note`` is shown once the list is in.
+  async function refreshHistory(page, note) {
     const status = $("history-status");
     if (!token()) { setText(status, "Paste a token to see its company's scans."); return; }
     let resp;
@@ -518,7 +521,7 @@
       li.append(button);
       list.append(li);
     }
-    setText(status, p.totalElements ? "" : "No scans yet for this token's company.");
+    setText(status, note || (p.totalElements ? "" : "No scans yet for this token's company."));
     setText($("history-page"), `Page ${p.number + 1} of ${Math.max(p.totalPages, 1)} (${p.totalElements} scans)`);
     $("history-prev").disabled = p.first;
     $("history-next").disabled = p.last;
@@ -581,8 +584,7 @@
     if (!resp.ok) { setText($("scan-status"), (await problemOf(resp)).message); return; }
     $("scan").hidden = true;
     state.scan = null;
-    setText($("history-status"), `Scan ${id} deleted.`);
-    await refreshHistory(state.page);
+    await refreshHistory(state.page, `Scan ${id} deleted.`);
     $("history-refresh").focus();
   }
 
