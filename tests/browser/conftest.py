@@ -33,6 +33,7 @@ import pytest
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
 
 CHROMIUM = "/usr/bin/chromium"
+FIREFOX = "/usr/bin/firefox-esr"
 # As root in a container Chromium needs --no-sandbox; the rest keep it from calling home (this machine's closed
 # network refuses those connections, and each refusal slows start-up) and from using a GPU it does not have.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -41,30 +42,41 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 APT_TIMEOUT_S = 900  # a first install downloads ~100 MB of Debian packages
 
 
-def _install_chromium() -> str | None:
-    """Install Debian's chromium; None when done, else why it could not be."""
+def _install_debian(package: str) -> str | None:
+    """Install a Debian package (``chromium``, ``firefox-esr``); None when done, else why it could not be."""
     if os.geteuid() != 0:
-        return "not root, so `apt-get install chromium` cannot run"
+        return f"not root, so `apt-get install {package}` cannot run"
     if shutil.which("apt-get") is None:
         return "no apt-get on this machine"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", package]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False)
     if proc.returncode != 0:  # a fresh machine may have no package lists yet
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=APT_TIMEOUT_S, check=False)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False)
     if proc.returncode != 0:
-        return f"`apt-get install chromium` failed: {proc.stderr.strip().splitlines()[-1:]}"
+        return f"`apt-get install {package}` failed: {proc.stderr.strip().splitlines()[-1:]}"
     return None
+
+
+def _debian_binary(path: str, package: str) -> str:
+    if not os.path.exists(path):
+        why = _install_debian(package)
+        if why is not None or not os.path.exists(path):
+            pytest.skip(f"Debian's {package} is not installed and could not be: {why or 'binary still missing'}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
-    if not os.path.exists(CHROMIUM):
-        why = _install_chromium()
-        if why is not None or not os.path.exists(CHROMIUM):
-            pytest.skip(f"Debian's chromium is not installed and could not be: {why or 'binary still missing'}")
-    return CHROMIUM
+    return _debian_binary(CHROMIUM, "chromium")
+
+
+@pytest.fixture(scope="session")
+def firefox_path() -> str:
+    """Debian's Firefox ESR (driven over WebDriver BiDi by ``bidi.py``: Playwright's BiDi Firefox needs commands
+    this Firefox does not have, and Playwright's own Firefox build would be a download)."""
+    return _debian_binary(FIREFOX, "firefox-esr")
 
 
 @pytest.fixture(scope="module")
