@@ -605,6 +605,7 @@
     try { $("token").value = sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { /* storage off */ }
 
     $("token").addEventListener("change", () => { saveToken(); refreshHistory(0); });
+    $("token-show").addEventListener("change", (e) => { $("token").type = e.target.checked ? "text" : "password"; });
     $("get-token").addEventListener("click", getDemoToken);
     $("clear-token").addEventListener("click", () => {
       $("token").value = ""; saveToken(); setText($("token-status"), "Token forgotten.");
