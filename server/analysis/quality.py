@@ -63,7 +63,7 @@ class Shortfall:
     minimum: float
 
     def describe(self) -> str:
-        return f"{self.component} {self.value:.2f} < {self.minimum:.2f} ({ADVICE[self.component]})"
+        return f"{self.component} {self.value:.2f} < {self.minimum:.2f}: {ADVICE[self.component]}"
 
 
 def resolve(level: QualityFilter, default: QualityFilter) -> QualityFilter:
@@ -93,7 +93,7 @@ def check_faces(faces: Iterable[tuple[str, FaceAnalysis]], level: QualityFilter)
     if not failing:
         return
     first = next(iter(failing))
-    parts = [f"{name}: " + "; ".join(s.describe() for s in found) for name, found in failing.items()]
-    raise LowQuality(f"face quality below the {level.value} filter in " + " | ".join(parts), field=first,
+    parts = [f"{name} ({'; '.join(s.describe() for s in found)})" for name, found in failing.items()]
+    raise LowQuality(f"face quality below the {level.value} filter in " + " and ".join(parts), field=first,
                      quality_filter=level.value,
                      failing={name: [s.component for s in found] for name, found in failing.items()})

@@ -9,8 +9,7 @@ Reusable pieces (other page tests build on them):
   returns its base URL (stopped at the end of the test); ``serve_app_module`` is the same for a whole module (one
   runtime, its models loaded once, for every test of the module).
 - ``page``: a fresh browser page whose every request to a host other than loopback is aborted; the aborted URLs
-  are in ``page.blocked`` so a test can assert that nothing tried to leave the machine. ``guarded_page(browser)``
-  makes more such pages (e.g. with other context options).
+  are in ``page.blocked`` so a test can assert that nothing tried to leave the machine.
 - ``chromium_extra_args``: more Chromium flags for a module's browser (override the fixture in the module, e.g. a
   fake camera: ``--use-fake-device-for-media-stream``).
 """

@@ -51,28 +51,26 @@ def demo(serve_app_module: Callable[..., str], tmp_path_factory: pytest.TempPath
     yield Demo(serve_app_module(app), app)
 
 
-def test_selfie_from_the_camera_is_compared(browser: Any, demo: Demo, tmp_path: Path) -> None:
-    from conftest import guarded_page
-
-    with guarded_page(browser, permissions=["camera"]) as page:
-        errors = open_demo(page, demo)
-        choose(page, "file1", OBAMA1)
-        page.get_by_role("button", name="Take a selfie with the camera").click()
-        page.wait_for_selector("#camera-video[data-playing=true]")
-        page.get_by_role("button", name="Capture").click()
-        # The captured frame reached the form: photo 2 is now the camera's picture, at the camera's size.
-        page.wait_for_selector("#canvas2[data-source=camera][data-scale]", state="attached")
-        assert page.inner_text("#file2-info").startswith(f"Selfie from the camera ({FRAME_W} \u00d7 {FRAME_H})")
-        assert page.eval_on_selector("#file2", "i => i.files.length && i.files[0].name") == "selfie.jpg"
-        assert page.is_hidden("#camera-video")  # the camera is closed after the capture
-        resp = compare(page, reference="browser-selfie")
-        assert resp.status == 200, resp.text()
-        body = resp.json()
-        # The server saw the camera frame: a 640x480 picture, the face where the video put it, same person.
-        assert body["compare_result"] == "Same person", body["compare_similarity"]
-        face = body["face2"]
-        assert 0 < face["x1"] < face["x2"] <= FRAME_W and 0 < face["y1"] < face["y2"] <= FRAME_H
-        assert len(drawn(page, "#canvas2")["points"]) == 68
-        keep_screenshot(page, tmp_path, "demo-camera.png")
-        assert page.blocked == []
-        assert errors == []
+def test_selfie_from_the_camera_is_compared(page: Any, demo: Demo, tmp_path: Path) -> None:
+    page.context.grant_permissions(["camera"])
+    errors = open_demo(page, demo)
+    choose(page, "file1", OBAMA1)
+    page.get_by_role("button", name="Take a selfie with the camera").click()
+    page.wait_for_selector("#camera-video[data-playing=true]")
+    page.get_by_role("button", name="Capture").click()
+    # The captured frame reached the form: photo 2 is now the camera's picture, at the camera's size.
+    page.wait_for_selector("#canvas2[data-source=camera][data-scale]", state="attached")
+    assert page.inner_text("#file2-info").startswith(f"Selfie from the camera ({FRAME_W} \u00d7 {FRAME_H})")
+    assert page.eval_on_selector("#file2", "i => i.files.length && i.files[0].name") == "selfie.jpg"
+    assert page.is_hidden("#camera-video")  # the camera is closed after the capture
+    resp = compare(page, reference="browser-selfie")
+    assert resp.status == 200, resp.text()
+    body = resp.json()
+    # The server saw the camera frame: a 640x480 picture, the face where the video put it, same person.
+    assert body["compare_result"] == "Same person", body["compare_similarity"]
+    face = body["face2"]
+    assert 0 < face["x1"] < face["x2"] <= FRAME_W and 0 < face["y1"] < face["y2"] <= FRAME_H
+    assert len(drawn(page, "#canvas2")["points"]) == 68
+    keep_screenshot(page, tmp_path, "demo-camera.png")
+    assert page.blocked == []
+    assert errors == []

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from bidi import Firefox, firefox
-from conftest import free_port
 from demo_helpers import OBAMA1, OBAMA2, Demo, demo_app
+
+from tooling.serve import free_port
 
 COMPARE_TIMEOUT_S = 90.0
 

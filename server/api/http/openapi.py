@@ -80,7 +80,7 @@ _STATUS_EXAMPLES: dict[int, tuple[FacerecError, str]] = {
 
 # Other problems a status also stands for, shown beside its main example where ``problem(..., more=True)``.
 _MORE_EXAMPLES: dict[int, list[tuple[FacerecError, str]]] = {
-    422: [(LowQuality("face quality below the MEDIUM filter in file1: size 0.12 < 0.20 (face too small (move "
+    422: [(LowQuality("face quality below the MEDIUM filter in file1 (size 0.12 < 0.20: face too small (move "
                       "closer or use a larger image))", field="file1", quality_filter="MEDIUM",
                       failing={"file1": ["size"]}), "/v1/compare_face")],
 }
