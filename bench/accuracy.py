@@ -66,7 +66,7 @@ def best_threshold(cos: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 async def embed_local(files: list[str], root: Path, settings: Settings, batch: int = 16
-                      ) -> tuple[dict[str, np.ndarray | None], float]:
+                      ) -> tuple[dict[str, np.ndarray | None], float, str]:
     from server.inference.backend import MODEL_NAMES
     from server.inference.batched import DirectRunner
     from server.inference.context import INTERNAL
@@ -75,7 +75,8 @@ async def embed_local(files: list[str], root: Path, settings: Settings, batch: i
     from server.inference.pipeline import FacePipeline
     from server.runtime import pipeline_config
 
-    backend = OnnxRuntimeBackend(settings.model_repository, intra_threads=settings.ort_intra_threads)
+    backend = OnnxRuntimeBackend(settings.model_repository, intra_threads=settings.ort_intra_threads,
+                                 precision=settings.precision)
     pipe = FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES}, pipeline_config(settings))
     limits = DecodeLimits(settings.max_image_pixels, settings.min_image_side, settings.max_image_side)
     out: dict[str, np.ndarray | None] = {}
@@ -88,7 +89,7 @@ async def embed_local(files: list[str], root: Path, settings: Settings, batch: i
         print(f"\r  embedded {min(i + batch, len(files))}/{len(files)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     await backend.aclose()
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, backend.description
 
 
 def score_via_server(pairs: list[tuple[str, str, int]], root: Path, url: str, token: str) -> list[float | None]:
@@ -140,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             with args.labels.open(newline="") as f:
                 ident = {r["file"]: r["identity"] for r in csv.DictReader(f)}
             extra = sorted(set(ident) - set(files))
-        emb, secs = asyncio.run(embed_local(files + extra, root, settings))
+        emb, secs, description = asyncio.run(embed_local(files + extra, root, settings))
         report["mode"] = "in-process"
+        report["backend"] = description  # names the int8 models when FACEREC_PRECISION resolved to int8
         report["images"] = len(emb)
         report["images_per_s"] = len(emb) / secs
         failures = [i for i, (a, b, _) in enumerate(pairs) if emb[a] is None or emb[b] is None]

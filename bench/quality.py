@@ -68,7 +68,8 @@ async def analyse(images: list[RGB], settings: Settings, batch: int = 16, desc: 
     from server.inference.pipeline import FacePipeline
     from server.runtime import pipeline_config
 
-    backend = OnnxRuntimeBackend(settings.model_repository, intra_threads=settings.ort_intra_threads)
+    backend = OnnxRuntimeBackend(settings.model_repository, intra_threads=settings.ort_intra_threads,
+                                 precision=settings.precision)
     pipe = FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES}, pipeline_config(settings))
     out: list[Face | None] = []
     try:
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache and not cached:
         args.cache.write_bytes(pickle.dumps({"files": files, "lfw": lfw, "photos": photos, "degraded": degraded}))
 
-    report: dict[str, Any] = {"machine": machine_info(), "threshold": settings.threshold,
+    report: dict[str, Any] = {"machine": machine_info(), "precision": settings.precision, "threshold": settings.threshold,
                               "threshold_cosine": t_cos, "lfw_images": len(files), "faces_photos": len(photo_paths),
                               "levels": {lv.value: LEVEL_MINIMUMS[lv] for lv in LEVELS}}
     report["refusals"] = {"lfw": refusals(lfw), "faces": refusals(photos),

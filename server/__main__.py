@@ -25,8 +25,8 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     except ModelBuildError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 1
-    for name, sha in shas.items():
-        print(f"{name}: {repo / name / '1' / 'model.onnx'} sha256={sha}")
+    for path, sha in shas.items():
+        print(f"{path} sha256={sha}")
     return 0
 
 
@@ -62,7 +62,7 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
                 return 2
             images.append(decode_image(data, limits, field=str(p)))
         backend = OnnxRuntimeBackend(settings.model_repository, device=settings.device,
-                                     intra_threads=settings.ort_intra_threads)
+                                     intra_threads=settings.ort_intra_threads, precision=settings.precision)
         pipeline = FacePipeline(DirectRunner(backend), {m: backend.spec(m) for m in MODEL_NAMES},
                                 pipeline_config(settings), ScoreCalibration())
         started = asyncio.get_running_loop().time()

@@ -26,6 +26,7 @@ LogFormat = Literal["text", "json"]
 Tracing = Literal["off", "otlp", "console"]
 QualityLevel = Literal["NONE", "LOW", "MEDIUM", "HIGH"]
 DemoMode = Literal["auto", "on", "off"]
+Precision = Literal["auto", "fp32", "int8"]
 
 
 def _default_data_dir() -> Path:
@@ -52,6 +53,7 @@ class Settings:
     model_cache_dir: Path = field(default_factory=_default_cache_dir)
     backend: Backend = "onnxruntime"
     device: Device = "auto"
+    precision: Precision = "auto"  # auto -> int8 embedder on a VNNI CPU with onnxruntime's CPU provider, else fp32
     triton_url: str = "127.0.0.1:8001"
     ort_intra_threads: int = 0  # 0 -> auto: the cores shared out between the three model sessions
     ort_inter_threads: int = 1
@@ -300,6 +302,8 @@ CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Settings], bool], str], ...
      "FACEREC_MAX_REQUEST_BYTES must be >= FACEREC_MAX_FILE_BYTES"),
     (("min_image_side", "max_image_side"), lambda s: s.min_image_side <= s.max_image_side,
      "FACEREC_MIN_IMAGE_SIDE must be <= FACEREC_MAX_IMAGE_SIDE"),
+    (("precision", "backend"), lambda s: not (s.precision == "int8" and s.backend == "triton"),
+     "FACEREC_PRECISION=int8 needs FACEREC_BACKEND=onnxruntime (Triton serves the fp32 models)"),
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from server.inference.backend import MODEL_NAMES, NUMPY_TO_TRITON, ModelSpec, TensorSpec, load_spec
+from server.inference.backend import MODEL_NAMES, ModelSpec
+from server.inference.model_config import CONFIG_NAME, load_spec, python_config, render_config
 from tooling.serve import free_port
 
 PY_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -34,24 +34,26 @@ for _p in reversed({site_packages!r}):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import json
-
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {{k: v["string_value"] for k, v in config.get("parameters", {{}}).items()}}
+        # Triton hands the config over as JSON; read it into the same ModelConfig message as config.pbtxt.
+        config = json_format.Parse(args["model_config"], model_config_pb2.ModelConfig(),
+                                   ignore_unknown_fields=True)
+        params = {{k: v.string_value for k, v in config.parameters.items()}}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(params["onnx_path"], sess_options=opts,
                                             providers=["CPUExecutionProvider"])
-        self.input_names = [i["name"] for i in config["input"]]
-        self.output_names = [o["name"] for o in config["output"]]
+        self.input_names = [i.name for i in config.input]
+        self.output_names = [o.name for o in config.output]
 
     def execute(self, requests):
         # Through DLPack both ways: the bundled stub was built against numpy 1.x, and under numpy 2 its
@@ -125,29 +127,8 @@ def find_binary() -> TritonBinary:
 def render_python_config(spec: ModelSpec, onnx_path: Path, *, max_queue_delay_us: int = 2000,
                          intra_op_threads: int = 0) -> str:
     """config.pbtxt of a Python-backend model: ``spec``'s tensors, dynamic batching, one CPU instance."""
-
-    def tensors(items: tuple[TensorSpec, ...]) -> str:
-        # One field per line: the same shape as the ONNX-backend configs, which parse_config reads.
-        return ",\n".join(
-            f'  {{\n    name: "{t.name}"\n    data_type: {NUMPY_TO_TRITON[t.dtype]}\n'
-            f'    dims: [ {", ".join(map(str, t.dims))} ]\n  }}'
-            for t in items
-        )
-
-    def param(key: str, value: str) -> str:
-        return f'parameters {{ key: "{key}" value: {{ string_value: {json.dumps(value)} }} }}\n'
-
-    return (
-        f'name: "{spec.name}"\n'
-        f'backend: "python"\n'
-        f"max_batch_size: {spec.max_batch_size}\n"
-        f"input [\n{tensors(spec.inputs)}\n]\n"
-        f"output [\n{tensors(spec.outputs)}\n]\n"
-        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}\n"
-        f"instance_group [ {{ kind: KIND_CPU count: 1 }} ]\n"
-        + param("onnx_path", str(onnx_path.resolve()))
-        + param("intra_op_threads", str(intra_op_threads))
-    )
+    parameters = {"onnx_path": str(onnx_path.resolve()), "intra_op_threads": str(intra_op_threads)}
+    return render_config(python_config(spec, parameters, max_queue_delay_us=max_queue_delay_us))
 
 
 def render_model_py(site_packages: list[str]) -> str:
@@ -170,7 +151,7 @@ def build_python_repository(source: Path, target: Path, *, models: tuple[str, ..
         if not onnx.is_file():
             raise TritonUnavailableError(f"{onnx} is missing: run `facerec models` (make models)")
         (target / name / "1").mkdir(parents=True, exist_ok=True)
-        (target / name / "config.pbtxt").write_text(
+        (target / name / CONFIG_NAME).write_text(
             render_python_config(load_spec(source, name), onnx, max_queue_delay_us=max_queue_delay_us,
                                  intra_op_threads=intra_op_threads))
         (target / name / "1" / "model.py").write_text(model_py)

@@ -11,7 +11,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from server.errors import Unavailable
-from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec, load_spec
+from server.inference.backend import MODEL_NAMES, InferenceBackend, ModelSpec
+from server.inference.model_config import load_spec
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ async def create_backend(settings: Settings) -> InferenceBackend:
 
     return await asyncio.to_thread(
         OnnxRuntimeBackend, settings.model_repository, device=settings.device,
-        intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads)
+        intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
+        precision=settings.precision)
 
 
 async def backend_or_pending(settings: Settings) -> InferenceBackend:

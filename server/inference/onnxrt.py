@@ -13,8 +13,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from server.errors import InferenceFailed, Unavailable
-from server.inference.backend import MODEL_NAMES, ModelSpec, load_spec
-from server.settings import Device
+from server.inference.backend import MODEL_NAMES, ModelSpec
+from server.inference.model_config import load_spec
+from server.inference.precision import INT8_MODELS, cpu_flags, has_vnni, model_file, resolve_precision
+from server.settings import Device, Precision
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +53,31 @@ def auto_intra_threads(sessions: int, providers: list[str]) -> int:
 
 
 class OnnxRuntimeBackend:
-    """Runs the model repository's ONNX files in this process."""
+    """Runs the model repository's ONNX files in this process.
+
+    ``precision`` picks the file per model (``server/inference/precision.py``): with ``auto``, the int8 build on
+    the CPU provider of a VNNI CPU, fp32 otherwise; both take and return the same float32 tensors.
+    """
 
     def __init__(self, repository: Path, *, device: Device = "auto", intra_threads: int = 0,
-                 inter_threads: int = 1, models: tuple[str, ...] = MODEL_NAMES) -> None:
+                 inter_threads: int = 1, models: tuple[str, ...] = MODEL_NAMES,
+                 precision: Precision = "auto") -> None:
         self._specs: dict[str, ModelSpec] = {}
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._files: dict[str, Path] = {}
         providers = choose_providers(device)
+        resolved = resolve_precision(precision, backend="onnxruntime", provider=providers[0],
+                                     vnni=has_vnni(cpu_flags()))
         for name in models:
-            path = repository / name / "1" / "model.onnx"
+            path = model_file(repository, name, resolved)
+            if precision == "auto" and not path.is_file() and name in INT8_MODELS:
+                # A repository built before int8 existed still serves, in fp32; an explicit int8 fails below.
+                log.warning("model %s: no int8 build at %s; running it in fp32 (run `facerec models`)", name, path)
+                path = model_file(repository, name, "fp32")
+            self._files[name] = path
             if not path.is_file():
                 log.error("model %s: %s is missing", name, path)
-                raise Unavailable(f"model {name!r} is missing: run `facerec models` (make models)")
+                raise Unavailable(f"model {name!r} ({path.name}) is missing: run `facerec models` (make models)")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = intra_threads or auto_intra_threads(len(models), providers)
             opts.inter_op_num_threads = inter_threads
@@ -76,7 +91,9 @@ class OnnxRuntimeBackend:
                 log.error("model %s cannot be loaded from %s: %s", name, path, exc)
                 raise Unavailable(f"model {name!r} cannot be loaded (corrupt or incompatible file)") from exc
         active = sorted({p for s in self._sessions.values() for p in s.get_providers()[:1]})
-        self._description = f"onnxruntime {ort.__version__} ({', '.join(active)})"
+        int8 = [m for m, f in self._files.items() if f.name != model_file(repository, m, "fp32").name]
+        self._description = f"onnxruntime {ort.__version__} ({', '.join(active)}" + (
+            f"; int8: {', '.join(int8)})" if int8 else ")")
         log.info("inference backend: %s", self._description)
         # One worker per model: a model's batches run in order, different models overlap.
         self._pool = ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="ort")
@@ -84,6 +101,11 @@ class OnnxRuntimeBackend:
     @property
     def description(self) -> str:
         return self._description
+
+    @property
+    def model_files(self) -> dict[str, Path]:
+        """The ONNX file each model runs from (its precision is in the name)."""
+        return dict(self._files)
 
     @property
     def providers(self) -> list[str]:

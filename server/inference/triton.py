@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -12,31 +10,15 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
-from server.inference.backend import MODEL_NAMES, NUMPY_TO_TRITON, ModelSpec, TensorSpec
+from server.inference.backend import MODEL_NAMES, ModelSpec
+from server.inference.model_config import spec_from_config
 
 log = logging.getLogger(__name__)
 
 NDF = npt.NDArray[np.float32]
-_TRITON_TO_NUMPY = {triton: numpy for numpy, triton in NUMPY_TO_TRITON.items()}
 # gRPC status codes (as tritonclient spells them) meaning "the server is not there now", not "it failed".
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
 _DEADLINE = "StatusCode.DEADLINE_EXCEEDED"
-
-
-def spec_from_config(config: Mapping[str, Any]) -> ModelSpec:
-    """A ModelSpec from Triton's model config as JSON (``get_model_config(as_json=True)["config"]``).
-
-    gRPC's JSON renders int64 dims as strings, HTTP's as numbers: both are accepted.
-    """
-
-    def tensors(items: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(
-            TensorSpec(t["name"], _TRITON_TO_NUMPY[t["data_type"]], tuple(int(d) for d in t.get("dims", ())))
-            for t in items
-        )
-
-    return ModelSpec(str(config["name"]), int(config.get("max_batch_size", 0)),
-                     tensors(config.get("input", ())), tensors(config.get("output", ())))
 
 
 def map_error(model: str, exc: InferenceServerException) -> Unavailable | InferenceFailed:
@@ -72,8 +54,13 @@ class TritonBackend:
             meta = await client.get_server_metadata(as_json=True, client_timeout=timeout_s)
             specs = {}
             for name in models:
-                config = await client.get_model_config(name, as_json=True, client_timeout=timeout_s)
-                specs[name] = spec_from_config(config["config"])
+                # The protobuf reply (not its JSON rendering) holds the same ModelConfig that config.pbtxt does.
+                reply = await client.get_model_config(name, client_timeout=timeout_s)
+                specs[name] = spec_from_config(reply.config)
+        except ValueError as exc:  # a config this server cannot use (a tensor type facerec does not handle)
+            await client.close()
+            log.error("triton at %s serves an unusable model config: %s", url, exc)
+            raise Unavailable("inference server unavailable") from exc
         except InferenceServerException as exc:
             await client.close()
             err = map_error("connect", exc)

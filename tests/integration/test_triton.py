@@ -12,9 +12,10 @@ from PIL import Image
 
 from server.domain import CompareResult
 from server.errors import Unavailable
-from server.inference.backend import MODEL_NAMES, load_spec
+from server.inference.backend import MODEL_NAMES
 from server.inference.batched import DirectRunner
 from server.inference.context import INTERNAL
+from server.inference.model_config import load_spec
 from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.pipeline import FacePipeline, PipelineConfig
 from server.inference.triton import TritonBackend
@@ -59,7 +60,8 @@ def triton() -> Iterator[LocalTriton]:
 @pytest.fixture(scope="module")
 def ort_backend() -> Iterator[OnnxRuntimeBackend]:
     _require_models()
-    backend = OnnxRuntimeBackend(REPO, device="cpu")
+    # Triton serves the fp32 files; compare against the same precision in-process.
+    backend = OnnxRuntimeBackend(REPO, device="cpu", precision="fp32")
     yield backend
     asyncio.run(backend.aclose())
 

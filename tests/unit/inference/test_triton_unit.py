@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
-from server.inference.backend import ModelSpec, TensorSpec, parse_config
-from server.inference.triton import map_error, spec_from_config
+from server.inference.backend import ModelSpec, TensorSpec
+from server.inference.model_config import onnx_config, parse_config, render_config, spec_from_config
+from server.inference.triton import map_error
 from tooling import triton_local
 from tooling.triton_local import (
     TritonUnavailableError,
@@ -27,11 +30,13 @@ SPEC = ModelSpec(
 
 def test_python_config_keeps_the_tensors_and_batches_on_cpu() -> None:
     text = render_python_config(SPEC, Path("/models/landmarker/1/model.onnx"), max_queue_delay_us=500)
-    assert parse_config(text) == SPEC
-    assert 'backend: "python"' in text and "platform" not in text
-    assert "max_queue_delay_microseconds: 500" in text
-    assert "kind: KIND_CPU count: 1" in text
-    assert 'key: "onnx_path" value: { string_value: "/models/landmarker/1/model.onnx" }' in text
+    config = parse_config(text)
+    assert spec_from_config(config) == SPEC
+    assert config.backend == "python" and not config.platform
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert config.parameters["onnx_path"].string_value == "/models/landmarker/1/model.onnx"
+    assert config.parameters["intra_op_threads"].string_value == "0"
 
 
 def test_model_py_compiles_and_puts_site_packages_first() -> None:
@@ -50,13 +55,11 @@ def test_build_repository_writes_config_and_model(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "landmarker" / "1").mkdir(parents=True)
     (src / "landmarker" / "1" / "model.onnx").write_bytes(b"onnx")
-    from server.inference.backend import render_config
-
-    (src / "landmarker" / "config.pbtxt").write_text(render_config(SPEC))
+    (src / "landmarker" / "config.pbtxt").write_text(render_config(onnx_config(SPEC)))
     build_python_repository(src, tmp_path / "out", models=("landmarker",))
-    config = (tmp_path / "out" / "landmarker" / "config.pbtxt").read_text()
-    assert parse_config(config) == SPEC
-    assert str((src / "landmarker" / "1" / "model.onnx").resolve()) in config
+    config = parse_config((tmp_path / "out" / "landmarker" / "config.pbtxt").read_text())
+    assert spec_from_config(config) == SPEC
+    assert config.parameters["onnx_path"].string_value == str((src / "landmarker" / "1" / "model.onnx").resolve())
     assert (tmp_path / "out" / "landmarker" / "1" / "model.py").is_file()
 
 
@@ -67,14 +70,10 @@ def test_missing_stub_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         triton_local.find_binary()
 
 
-def test_spec_from_grpc_json_config() -> None:
-    config = {
-        "name": "landmarker", "max_batch_size": 64,
-        "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": ["3", "192", "192"]}],
-        "output": [{"name": "landmarks", "data_type": "TYPE_FP32", "dims": ["1404"]},
-                   {"name": "presence", "data_type": "TYPE_FP32", "dims": [1]}],
-    }
-    assert spec_from_config(config) == SPEC
+def test_spec_from_the_model_config_reply() -> None:
+    # TritonBackend.connect reads get_model_config's protobuf reply: its .config is the same ModelConfig message.
+    reply = service_pb2.ModelConfigResponse(config=onnx_config(SPEC))
+    assert spec_from_config(service_pb2.ModelConfigResponse.FromString(reply.SerializeToString()).config) == SPEC
 
 
 @pytest.mark.parametrize(

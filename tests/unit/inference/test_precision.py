@@ -1,0 +1,121 @@
+"""Which precision runs where: int8 on onnxruntime's CPU provider of a VNNI CPU, fp32 for CUDA and Triton."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from server.errors import Unavailable
+from server.inference.onnxrt import OnnxRuntimeBackend
+from server.inference.precision import (
+    INT8_MODELS,
+    MODEL_FILES,
+    cpu_flags,
+    has_vnni,
+    model_file,
+    resolve_precision,
+)
+from server.settings import PROJECT_ROOT, Settings
+
+REPO = PROJECT_ROOT / "model_repository"
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw avx512_vnni
+bugs\t\t: spectre_v1
+"""
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def test_cpu_flags_are_read_from_cpuinfo() -> None:
+    flags = cpu_flags(CPUINFO)
+    assert {"avx2", "avx512_vnni"} <= flags and "spectre_v1" not in flags
+    assert has_vnni(flags)
+    assert has_vnni(frozenset({"avx_vnni"}))
+    assert not has_vnni(cpu_flags(CPUINFO.replace(" avx512_vnni", "")))
+    assert cpu_flags("processor\t: 0\n") == frozenset()
+
+
+@pytest.mark.parametrize(("requested", "backend", "provider", "vnni", "expected"), [
+    ("auto", "onnxruntime", CPU, True, "int8"),      # the CPU this is for
+    ("auto", "onnxruntime", CPU, False, "fp32"),     # no VNNI: u8s8 kernels could saturate
+    ("auto", "onnxruntime", CUDA, True, "fp32"),     # GPU: fp32
+    ("auto", "triton", CPU, True, "fp32"),           # Triton serves the fp32 repository
+    ("fp32", "onnxruntime", CPU, True, "fp32"),      # overrides are honoured both ways
+    ("int8", "onnxruntime", CUDA, False, "int8"),
+])
+def test_resolve_precision(requested: str, backend: str, provider: str, vnni: bool, expected: str) -> None:
+    assert resolve_precision(requested, backend=backend, provider=provider, vnni=vnni) == expected  # type: ignore[arg-type]
+
+
+def test_model_file_falls_back_to_fp32_for_models_without_int8() -> None:
+    assert {"embedder"} == INT8_MODELS
+    assert model_file(REPO, "embedder", "int8") == REPO / "embedder" / "1" / "model.int8.onnx"
+    assert model_file(REPO, "embedder", "fp32") == REPO / "embedder" / "1" / "model.onnx"
+    assert model_file(REPO, "detector", "int8") == REPO / "detector" / "1" / "model.onnx"
+
+
+def test_precision_setting_is_validated() -> None:
+    assert Settings().precision == "auto"
+    assert Settings.from_env({"FACEREC_PRECISION": "int8"}).precision == "int8"
+    with pytest.raises(ValueError, match="FACEREC_PRECISION=fp16: must be one of auto, fp32, int8"):
+        Settings.from_env({"FACEREC_PRECISION": "fp16"})
+    with pytest.raises(ValueError, match="FACEREC_PRECISION=int8 needs FACEREC_BACKEND=onnxruntime"):
+        Settings.from_env({"FACEREC_PRECISION": "int8", "FACEREC_BACKEND": "triton"})
+    assert Settings.from_env({"FACEREC_PRECISION": "auto", "FACEREC_BACKEND": "triton"}).backend == "triton"
+
+
+def _files(precision: str, repo: Path = REPO) -> dict[str, str]:
+    backend = OnnxRuntimeBackend(repo, device="cpu", intra_threads=1, precision=precision)  # type: ignore[arg-type]
+    try:
+        return {m: p.name for m, p in backend.model_files.items()}
+    finally:
+        asyncio.run(backend.aclose())
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    if not all((REPO / "embedder" / "1" / f).is_file() for f in MODEL_FILES.values()):
+        pytest.skip("model repository incomplete: run `make models`")
+    return REPO
+
+
+def test_backend_loads_the_file_of_the_precision(built: Path) -> None:
+    assert _files("int8") == {"detector": "model.onnx", "landmarker": "model.onnx", "embedder": "model.int8.onnx"}
+    assert set(_files("fp32").values()) == {"model.onnx"}
+    auto = "int8" if has_vnni(cpu_flags()) else "fp32"
+    assert _files("auto")["embedder"] == MODEL_FILES[auto]
+
+
+def _repo_without_int8(tmp_path: Path) -> Path:
+    for model in ("detector", "landmarker", "embedder"):
+        (tmp_path / model / "1").mkdir(parents=True)
+        (tmp_path / model / "config.pbtxt").symlink_to(REPO / model / "config.pbtxt")
+        (tmp_path / model / "1" / "model.onnx").symlink_to(REPO / model / "1" / "model.onnx")
+    return tmp_path
+
+
+def test_auto_runs_fp32_when_the_int8_file_is_missing(built: Path, tmp_path: Path) -> None:
+    # A repository built before int8 existed keeps serving (in fp32) rather than failing to start.
+    assert _files("auto", _repo_without_int8(tmp_path))["embedder"] == "model.onnx"
+
+
+def test_explicit_int8_without_the_file_is_unavailable(built: Path, tmp_path: Path) -> None:
+    with pytest.raises(Unavailable, match=r"model 'embedder' \(model.int8.onnx\) is missing"):
+        _files("int8", _repo_without_int8(tmp_path))
+
+
+def test_runtime_passes_the_setting_to_the_backend(built: Path) -> None:
+    from server.inference.factory import create_backend
+
+    async def files(precision: str) -> str:
+        backend = await create_backend(Settings(precision=precision, device="cpu", ort_intra_threads=1))  # type: ignore[arg-type]
+        try:
+            assert isinstance(backend, OnnxRuntimeBackend)
+            return backend.model_files["embedder"].name
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(files("fp32")) == "model.onnx"
+    assert asyncio.run(files("int8")) == "model.int8.onnx"
