@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache and not cached:
         args.cache.write_bytes(pickle.dumps({"files": files, "lfw": lfw, "photos": photos, "degraded": degraded}))
 
-    report: dict[str, Any] = {"machine": machine_info(), "precision": settings.precision, "threshold": settings.threshold,
-                              "threshold_cosine": t_cos, "lfw_images": len(files), "faces_photos": len(photo_paths),
+    report: dict[str, Any] = {"machine": machine_info(), "precision": settings.precision,
+                              "threshold": settings.threshold, "threshold_cosine": t_cos, "lfw_images": len(files),
+                              "faces_photos": len(photo_paths),
                               "levels": {lv.value: LEVEL_MINIMUMS[lv] for lv in LEVELS}}
     report["refusals"] = {"lfw": refusals(lfw), "faces": refusals(photos),
                           **{name: refusals(faces) for name, faces in degraded.items()}}
