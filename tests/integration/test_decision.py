@@ -3,8 +3,10 @@ verdict and the refusals, are stored with the scan and come back everywhere; unk
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +148,44 @@ async def test_quality_filter_over_grpc(env: Harness, image_bytes: ImageBytes, t
     err = await grpc_error(env.stub.CompareFaces(
         grpc_request(image_bytes(OBAMA1), image_bytes(OBAMA2), quality_filter="SUPER"), metadata=md))
     assert_grpc(err, 400, "invalid_field", "quality_filter")
+
+
+@contextlib.contextmanager
+def strict_yaw(env: Harness, max_abs_yaw_deg: float) -> Iterator[None]:
+    """Narrow the supported yaw for a while so obama_04's turned head (yaw about 36 degrees) is not comparable; the
+    pipeline's config is plain data read per request, and the module's app gets its own config back after."""
+    pipeline = env.runtime.pipeline
+    before = pipeline.config
+    pipeline.config = dataclasses.replace(before, max_abs_yaw_deg=max_abs_yaw_deg)
+    try:
+        yield
+    finally:
+        pipeline.config = before
+
+
+async def test_not_comparable_is_reported_before_low_quality(env: Harness, image_bytes: ImageBytes,
+                                                             tiny_card: bytes) -> None:
+    """A face that cannot be compared at all (face_not_comparable) is reported before any quality filter
+    refusal: no quality_filter value could let that request through, so low_quality would send the caller
+    after the wrong fix."""
+    turned, other = image_bytes("obama_04_oval_office_2016.jpg"), image_bytes(OBAMA1)
+    before = await env.count()
+    with strict_yaw(env, 25.0):
+        # One face that is both: past the (narrowed) yaw limit and under MEDIUM's pose minimum.
+        body = assert_problem(await post(env, turned, other, quality_filter="MEDIUM"), 422, "face_not_comparable",
+                              "file1")
+        assert "yaw" in body["detail"] and "failing_components" not in body
+        # file1 below LOW (too small), file2 not comparable: the refusal names file2, whatever the filter.
+        for level in ("LOW", "NONE"):
+            assert_problem(await post(env, tiny_card, turned, quality_filter=level), 422, "face_not_comparable",
+                           "file2")
+        err = await grpc_error(env.stub.CompareFaces(grpc_request(tiny_card, turned, quality_filter="HIGH"),
+                                                     metadata=env.metadata()))
+        assert_grpc(err, 422, "face_not_comparable", "file2")
+        assert "facerec-failing-components" not in trailers(err)
+    assert await env.count() == before
+    # With the shipped limit the same face is compared again, and the quality filter decides.
+    assert_problem(await post(env, turned, other, quality_filter="MEDIUM"), 422, "low_quality", "file1")
 
 
 @pytest.mark.parametrize("value", ["", "EXTREME", "L0W"])

@@ -100,6 +100,14 @@
       case "no_face":
         message = `No face found in ${label(field).toLowerCase()}. Choose a photo where the face is clearly visible.`;
         break;
+      case "face_not_comparable": {
+        // The server's detail ends with the reason ("the head is turned 62 degrees (yaw); ...").
+        const cut = detail.indexOf(": ");
+        const reason = cut >= 0 ? detail.slice(cut + 2) : detail;
+        message = `The face in ${label(field).toLowerCase()} cannot be compared reliably` +
+          `${reason ? ` (${reason})` : ""}. Use a photo where the face looks at the camera and is not too small.`;
+        break;
+      }
       case "low_quality": {
         const failing = (body && body.failing_components) || {};
         const parts = Object.keys(failing).map((f) =>
@@ -470,6 +478,7 @@
     ["Pitch (\u00b0, + = up)", (f) => fmt(f.pitch, 1)],
     ["Yaw (\u00b0)", (f) => fmt(f.yaw, 1)],
     ["Roll (\u00b0)", (f) => fmt(f.roll, 1)],
+    ["Orientation correction (\u00b0)", (f) => (f.orientation_correction ?? 0)],
   ];
 
   function fillTable(face1, face2) {
