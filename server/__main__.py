@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from server.domain import QualityFilter
 from server.settings import Settings, SettingsError
 
 
@@ -32,9 +33,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 async def _compare(args: argparse.Namespace, settings: Settings) -> int:
     import msgspec
 
+    from server.analysis import quality
     from server.analysis.calibration import ScoreCalibration
     from server.api.schemas import CompareResponse
-    from server.domain import Channel, Scan, parse_reference
+    from server.domain import Channel, Scan, parse_reference, parse_threshold
     from server.errors import FaceNotComparable, FacerecError, NoFace
     from server.inference.backend import MODEL_NAMES
     from server.inference.batched import DirectRunner
@@ -48,6 +50,9 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
     paths = [Path(args.image1), Path(args.image2)]
     try:
         channel, reference = Channel.parse(args.channel), parse_reference(args.reference)
+        threshold = settings.threshold if args.threshold is None else parse_threshold(args.threshold, "--threshold")
+        level = quality.resolve(QualityFilter.parse(args.quality_filter, "--quality-filter"),
+                                QualityFilter(settings.quality_filter))
         images = []
         for p in paths:
             try:
@@ -71,8 +76,9 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
                                         f"{r.not_comparable}")
         r1, r2 = results
         assert r1 is not None and r2 is not None
-        cmp = pipeline.compare(r1, r2)
         await backend.aclose()
+        quality.check_faces(((str(paths[0]), r1.analysis), (str(paths[1]), r2.analysis)), level)
+        cmp = pipeline.compare(r1, r2, threshold=threshold)
     except FacerecError as exc:
         print(f"error: {exc.detail}" + (f" ({exc.field})" if exc.field and exc.field not in exc.detail else ""),
               file=sys.stderr)
@@ -80,7 +86,7 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
     scan = Scan(id=uuid.uuid4(), company_id="local", created_date=datetime.now(UTC), created_by_id="cli",
                 reference=reference, sales_channel=channel, compare_result=cmp.result,
                 compare_similarity=round(cmp.similarity, 6), elapsed_time=round(elapsed, 6),
-                face1=r1.analysis, face2=r2.analysis)
+                face1=r1.analysis, face2=r2.analysis, threshold=threshold, quality_filter=level)
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(CompareResponse.of(scan)), indent=2) + b"\n")
     if args.overlay:
         from server.overlay import draw_overlay
@@ -180,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channel", default="OTHER", choices=["WEB", "MOBILE", "OTHER"], type=str.upper,
                    help="sales channel stored with the scan")
     c.add_argument("--reference", default="cli", help="caller's key stored with the scan, 1-255 characters")
+    c.add_argument("--threshold", help="decision threshold on the compare_similarity scale, 0..1 (default: "
+                   f"FACEREC_THRESHOLD or {defaults['threshold'].default})")
+    c.add_argument("--quality-filter", default="AUTO", type=str.upper, choices=[q.value for q in QualityFilter],
+                   help="refuse faces below this quality level (exit 2 naming the file and the components); AUTO = "
+                   f"FACEREC_QUALITY_FILTER or {defaults['quality_filter'].default}")
     c.add_argument("--overlay", metavar="OUT.png",
                    help="write both images with the boxes and the 68 points drawn (default: no overlay)")
 

@@ -25,6 +25,7 @@ from server.api.http import (
     provide_service,
 )
 from server.api.http.controllers import COMPARE_PATHS
+from server.api.http.demo import demo_router
 from server.api.http.docs import SCHEMA_PATH, OfflineSwaggerPlugin
 from server.api.http.openapi import refine_openapi
 from server.disconnect import CancelOnDisconnect
@@ -119,8 +120,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
         cors = CORSConfig(allow_origins=list(settings.cors_origins),
                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                           expose_headers=["X-Request-ID", "Retry-After"])
+    demo = demo_router(settings)  # /demo, when FACEREC_DEMO allows it
     app = Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, *([demo] if demo is not None else [])],
         lifespan=[_lifespan(settings, runtime)],
         dependencies={"principal": Provide(provide_principal),
                       "service": Provide(provide_service, sync_to_thread=False)},

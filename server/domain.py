@@ -8,6 +8,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from server.errors import InvalidField
 
@@ -54,6 +55,42 @@ class CompareResult(enum.StrEnum):
         raise InvalidField(f"{field} must be 'Same person' or 'Different person'", field=field)
 
 
+class QualityFilter(enum.StrEnum):
+    """How good a face must be to be compared (``quality_filter``); AUTO is the server's default level.
+
+    The levels' component minimums are in ``server/analysis/quality.py``, measured with ``python -m
+    bench.quality`` (README "Quality filter").
+    """
+
+    NONE = "NONE"
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    AUTO = "AUTO"
+
+    @classmethod
+    def parse(cls, value: str | None, field: str = "quality_filter") -> QualityFilter:
+        """A level from the wire, by the same rule as :meth:`Channel.parse` (``" medium"`` is MEDIUM)."""
+        try:
+            return cls((value or "").strip().upper())
+        except ValueError:
+            raise InvalidField(f"{field} must be one of NONE, LOW, MEDIUM, HIGH, AUTO", field=field) from None
+
+
+def parse_threshold(value: str | float | None, field: str = "threshold") -> float:
+    """A decision threshold from the wire: a finite number within 0..1 on the ``compare_similarity`` scale
+    (text is parsed, surrounding spaces dropped); a 400 naming ``field`` otherwise."""
+    try:
+        if value is None:
+            raise ValueError("absent")
+        t = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InvalidField(f"{field} must be a number within 0..1", field=field) from None
+    if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+        raise InvalidField(f"{field} must be a number within 0..1", field=field)
+    return t
+
+
 def parse_reference(value: str | None, field: str = "reference") -> str:
     """A reference from the wire, as stored and searched: surrounding whitespace dropped, then 1-255 characters,
     every one of them allowed and at least one visible; a 400 naming ``field`` and the rule otherwise. The one rule
@@ -83,6 +120,29 @@ class Point:
 
 
 @dataclass(frozen=True, slots=True)
+class QualityComponents:
+    """The components of ``face_quality``, each 0..1 with 1 = ideal for recognition (README "The face analysis")."""
+
+    size: float  # inter-eye distance: 0 at <= 15 px, 1 at >= 60 px
+    sharpness: float  # Laplacian variance of the aligned face (log scale)
+    pose: float  # yaw and pitch away from frontal
+    illumination: float  # face luma away from mid-grey (too dark or too bright)
+    occlusion: float  # 1 - face_occlusion
+    eyes: float  # open eyes (1 - 0.8 x the more closed eye)
+    presence: float  # the landmarker's confidence that the crop holds a face
+
+    NAMES: ClassVar[tuple[str, ...]] = ("size", "sharpness", "pose", "illumination", "occlusion", "eyes", "presence")
+
+    @classmethod
+    def of(cls, values: dict[str, float], digits: int = 4) -> QualityComponents:
+        """From the attribute code's component dict (rounded like the other attributes)."""
+        return cls(**{name: round(float(values[name]), digits) for name in cls.NAMES})
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in self.NAMES}
+
+
+@dataclass(frozen=True, slots=True)
 class FaceAnalysis:
     """Everything the API reports about one face (field meanings are documented in the README)."""
 
@@ -105,6 +165,8 @@ class FaceAnalysis:
     faces_found: int = 1
     # Clockwise rotation (0, 90, 180 or 270 degrees) the service applied to the photo to find this face upright.
     orientation_correction: int = 0
+    # None only for scans stored before the components were kept.
+    quality_components: QualityComponents | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +204,10 @@ class Scan:
     face2: FaceAnalysis
     updated_date: datetime | None = None
     updated_by_id: str | None = None
+    # The decision settings the verdict was made with (the request's, else the server's defaults at the time;
+    # AUTO is stored as the level it stood for). None only for scans stored before they were recorded.
+    threshold: float | None = None
+    quality_filter: QualityFilter | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,18 @@ class FaceNotComparable(FacerecError):
     status, code, title = 422, "face_not_comparable", "Face found but not comparable"
 
 
+class LowQuality(FacerecError):
+    """A face below the request's ``quality_filter``: names the file (``field``) and the failing components."""
+
+    status, code, title = 422, "low_quality", "Face quality below the filter"
+
+    def __init__(self, detail: str | None = None, *, field: str | None = None, quality_filter: str = "",
+                 failing: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.quality_filter = quality_filter
+        self.failing = failing or {}
+
+
 class Overloaded(FacerecError):
     status, code, title = 429, "overloaded", "Server overloaded, retry later"
 

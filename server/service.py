@@ -14,8 +14,19 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
+from server.analysis import quality
 from server.auth import ROLE_COMPARE, ROLE_DELETE, ROLE_READ, ROLE_UPDATE, require_role
-from server.domain import Channel, Page, Principal, Scan, ScanQuery, ScanUpdate, parse_reference
+from server.domain import (
+    Channel,
+    Page,
+    Principal,
+    QualityFilter,
+    Scan,
+    ScanQuery,
+    ScanUpdate,
+    parse_reference,
+    parse_threshold,
+)
 from server.errors import DeadlineExceeded, FaceNotComparable, InvalidId, NoFace, Overloaded
 from server.inference.admission import Permit
 from server.inference.context import RequestContext
@@ -132,21 +143,33 @@ class ScanService:
             raise Overloaded("too many large images are being decoded (FACEREC_DECODE_MEMORY_MB); retry later",
                              retry_after_ms=MEMORY_RETRY_MS) from None
 
+    def decision(self, threshold: str | float | None, quality_filter: str | None) -> tuple[float, QualityFilter]:
+        """The request's threshold and quality level (400 naming the field when invalid), the server's defaults
+        where it sent none; AUTO becomes the level it stands for, so the scan records what was applied."""
+        s = self.runtime.settings
+        t = s.threshold if threshold is None else parse_threshold(threshold)
+        level = QualityFilter.AUTO if quality_filter is None else QualityFilter.parse(quality_filter)
+        return t, quality.resolve(level, QualityFilter(s.quality_filter))
+
     async def compare(self, principal: Principal, *, channel: str | None, reference: str | None,
-                      file1: bytes, file2: bytes, source: str, deadline: float | None = None) -> Scan:
-        """Analyse both photos, compare the faces, store the scan (never the images or embeddings)."""
+                      file1: bytes, file2: bytes, source: str, deadline: float | None = None,
+                      threshold: str | float | None = None, quality_filter: str | None = None) -> Scan:
+        """Analyse both photos, refuse faces below the quality level (422 ``low_quality``), compare the faces at
+        the threshold and store the scan (never the images or embeddings)."""
         require_role(principal, ROLE_COMPARE)
         ch = Channel.parse(channel)
         ref = parse_reference(reference)
+        t, level = self.decision(threshold, quality_filter)
         started = time.perf_counter()
         r1, r2 = await self.analyze_pair(file1, file2, source=source, deadline=deadline)
         elapsed = time.perf_counter() - started
-        cmp = self.runtime.pipeline.compare(r1, r2)
+        quality.check_faces((("file1", r1.analysis), ("file2", r2.analysis)), level)
+        cmp = self.runtime.pipeline.compare(r1, r2, threshold=t)
         scan = Scan(
             id=uuid.uuid4(), company_id=principal.company_id, created_date=datetime.now(UTC),
             created_by_id=principal.user_id, reference=ref, sales_channel=ch, compare_result=cmp.result,
             compare_similarity=round(cmp.similarity, 6), elapsed_time=round(elapsed, 6),
-            face1=r1.analysis, face2=r2.analysis,
+            face1=r1.analysis, face2=r2.analysis, threshold=t, quality_filter=level,
         )
         await self.runtime.store.add(scan)
         self.runtime.metrics.scans.labels(result=cmp.result.value).inc()

@@ -24,6 +24,8 @@ Backend = Literal["onnxruntime", "triton"]
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 Tracing = Literal["off", "otlp", "console"]
+QualityLevel = Literal["NONE", "LOW", "MEDIUM", "HIGH"]
+DemoMode = Literal["auto", "on", "off"]
 Precision = Literal["auto", "fp32", "int8"]
 
 
@@ -59,8 +61,10 @@ class Settings:
     detector_score_threshold: float = 0.75
     min_face_px: int = 16  # faces with a shorter box side are ignored
 
-    # --- decision
+    # --- decision (a compare request may set its own threshold and quality_filter)
     threshold: float = 0.5  # on the calibrated 0..1 compare_similarity scale
+    # What quality_filter=AUTO (and a request without one) means; the levels are measured in README "Quality filter".
+    quality_filter: QualityLevel = "LOW"
 
     # --- batching
     max_batch_size: int = 0  # 0 -> auto: 16 on a GPU or Triton, 1 on CPU (batching only pays on accelerators)
@@ -105,6 +109,8 @@ class Settings:
     tracing: Tracing = "off"  # otlp / console need the `otel` extra; OTEL_* variables configure the exporter
     cors_origins: tuple[str, ...] = ()
     shutdown_grace_s: float = 20.0
+    # The /demo page: auto = on with the local issuer only (never in production with an OIDC issuer), on, off.
+    demo: DemoMode = "auto"
 
     def __post_init__(self) -> None:
         # Fail at start-up with the variable's name rather than deep inside a request.
@@ -128,6 +134,16 @@ class Settings:
     def local_issuer(self) -> bool:
         """True when the server mints and trusts its own tokens."""
         return self.auth_issuer is None
+
+    @property
+    def demo_enabled(self) -> bool:
+        """Whether ``/demo`` is served: ``on``, or ``auto`` with the local issuer."""
+        return self.demo == "on" or (self.demo == "auto" and self.local_issuer)
+
+    @property
+    def demo_tokens(self) -> bool:
+        """Whether the demo page may mint tokens (``POST /demo/token``): only ever with the local issuer."""
+        return self.demo_enabled and self.local_issuer
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""

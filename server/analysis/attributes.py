@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from server.domain import FaceAnalysis, Point
+from server.domain import FaceAnalysis, Point, QualityComponents
 
 NDF = npt.NDArray[np.float32]
 
@@ -251,6 +251,7 @@ def analyze_face(image: npt.NDArray[np.uint8], g: FaceGeometry, crop: npt.NDArra
         pitch=round(pitch, 2), yaw=round(yaw, 2), roll=round(roll, 2),
         detection_score=round(g.score, 4),
         faces_found=g.faces_found,
+        quality_components=QualityComponents.of(comps),
     )
 
 

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import msgspec
 
-from server.domain import MAX_REFERENCE, Channel, CompareResult, FaceAnalysis, Page, Scan, ScanUpdate
+from server.domain import (
+    MAX_REFERENCE,
+    Channel,
+    CompareResult,
+    FaceAnalysis,
+    Page,
+    QualityComponents,
+    Scan,
+    ScanUpdate,
+)
 from server.errors import InvalidField
 
 
@@ -24,8 +33,25 @@ class PointOut(msgspec.Struct):
     y: float
 
 
+class QualityComponentsOut(msgspec.Struct):
+    """The components of ``face_quality``, each 0..1 (1 = ideal); what ``quality_filter`` levels check."""
+
+    size: float
+    sharpness: float
+    pose: float
+    illumination: float
+    occlusion: float
+    eyes: float
+    presence: float
+
+    @classmethod
+    def of(cls, c: QualityComponents | None) -> QualityComponentsOut | None:
+        return None if c is None else cls(**c.as_dict())
+
+
 class FaceOut(msgspec.Struct):
-    """``<Face>`` of the contract; ``faces_found``, ``detection_score`` and ``orientation_correction`` are additions."""
+    """``<Face>`` of the contract; ``faces_found``, ``detection_score``, ``orientation_correction`` and
+    ``quality_components`` are additions."""
 
     x1: int
     y1: int
@@ -44,7 +70,8 @@ class FaceOut(msgspec.Struct):
     roll: float
     faces_found: int
     detection_score: float
-    orientation_correction: int = 0
+    orientation_correction: int
+    quality_components: QualityComponentsOut | None
 
     @classmethod
     def of(cls, f: FaceAnalysis) -> FaceOut:
@@ -54,6 +81,7 @@ class FaceOut(msgspec.Struct):
             face_quality=f.face_quality, left_eye_closed=f.left_eye_closed, right_eye_closed=f.right_eye_closed,
             mouth_opened=f.mouth_opened, pitch=f.pitch, yaw=f.yaw, roll=f.roll, faces_found=f.faces_found,
             detection_score=f.detection_score, orientation_correction=f.orientation_correction,
+            quality_components=QualityComponentsOut.of(f.quality_components),
         )
 
 
@@ -68,12 +96,17 @@ class CompareResponse(msgspec.Struct):
     created: str
     face1: FaceOut
     face2: FaceOut
+    threshold: float
+    quality_filter: str
 
     @classmethod
     def of(cls, s: Scan) -> CompareResponse:
+        # A scan just made always has both decision settings.
+        assert s.threshold is not None and s.quality_filter is not None
         return cls(id=str(s.id), reference=s.reference, channel=s.sales_channel.value,
                    compare_result=s.compare_result.value, compare_similarity=s.compare_similarity,
-                   created=wire_time(s.created_date) or "", face1=FaceOut.of(s.face1), face2=FaceOut.of(s.face2))
+                   created=wire_time(s.created_date) or "", face1=FaceOut.of(s.face1), face2=FaceOut.of(s.face2),
+                   threshold=s.threshold, quality_filter=s.quality_filter.value)
 
 
 class ScanEntity(msgspec.Struct, rename="camel"):
@@ -92,6 +125,8 @@ class ScanEntity(msgspec.Struct, rename="camel"):
     reference: str
     face1: FaceOut
     face2: FaceOut
+    threshold: float | None
+    quality_filter: str | None
 
     @classmethod
     def of(cls, s: Scan) -> ScanEntity:
@@ -100,7 +135,8 @@ class ScanEntity(msgspec.Struct, rename="camel"):
                    updated_by_id=s.updated_by_id, elapsed_time=s.elapsed_time,
                    compare_result=s.compare_result.value, compare_similarity=s.compare_similarity,
                    sales_channel=s.sales_channel.value, reference=s.reference,
-                   face1=FaceOut.of(s.face1), face2=FaceOut.of(s.face2))
+                   face1=FaceOut.of(s.face1), face2=FaceOut.of(s.face2), threshold=s.threshold,
+                   quality_filter=None if s.quality_filter is None else s.quality_filter.value)
 
 
 class SortInfo(msgspec.Struct):
@@ -153,8 +189,8 @@ class ScanUpdateIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 
 UPDATABLE_FIELDS = ("compareResult", "compareSimilarity", "salesChannel", "reference")
 # The entity's own fields: a client that PUTs back what it read sends them; they are accepted and ignored.
-SERVER_OWNED_FIELDS = frozenset({"id", "companyId", "createdDate", "updatedDate", "createdById", "updatedById",
-                                 "elapsedTime", "face1", "face2"})
+# Derived from the entity, so a field added to it (e.g. the scan's decision settings) is covered at once.
+SERVER_OWNED_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(ScanEntity)) - set(UPDATABLE_FIELDS)
 _MAX_NAMED = 10
 _AT_FIELD = re.compile(r"^(?P<why>.*?)(?: - at `\$\.(?P<field>[A-Za-z]+)`)?$", re.DOTALL)
 

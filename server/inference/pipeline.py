@@ -305,11 +305,13 @@ class FacePipeline:
         out = await self.runner.infer(self.landmarker.name, {self.landmarker.input_name: batch}, ctx)
         return self.landmarker.postprocess(out, affines)
 
-    def compare(self, a: FaceResult, b: FaceResult) -> Comparison:
-        """Cosine of the embeddings, its calibrated 0..1 similarity and the verdict at the threshold."""
+    def compare(self, a: FaceResult, b: FaceResult, threshold: float | None = None) -> Comparison:
+        """Cosine of the embeddings, its calibrated 0..1 similarity and the verdict at ``threshold`` (the
+        configured one when None)."""
         cosine = float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))
         similarity = self.calibration.similarity(cosine)
-        result = CompareResult.SAME if similarity >= self.config.threshold else CompareResult.DIFFERENT
+        t = self.config.threshold if threshold is None else threshold
+        result = CompareResult.SAME if similarity >= t else CompareResult.DIFFERENT
         return Comparison(cosine=cosine, similarity=similarity, result=result)
 
 

@@ -13,7 +13,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from server.domain import MAX_REFERENCE, Channel, CompareResult, FaceAnalysis, Point, Scan
+from server.domain import (
+    MAX_REFERENCE,
+    Channel,
+    CompareResult,
+    FaceAnalysis,
+    Point,
+    QualityComponents,
+    QualityFilter,
+    Scan,
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -70,6 +79,9 @@ class ScanRow(Base):
     elapsed_time: Mapped[float] = mapped_column(Float())
     face1: Mapped[dict[str, Any]] = mapped_column(FaceJSON)
     face2: Mapped[dict[str, Any]] = mapped_column(FaceJSON)
+    # The decision settings of the scan (migration 0002); NULL for scans stored before they were recorded.
+    threshold: Mapped[float | None] = mapped_column(Float(), nullable=True)
+    quality_filter: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
     __table_args__ = (
         Index("ix_scans_company_created", "company_id", "created_date"),
@@ -99,6 +111,8 @@ def face_to_json(face: FaceAnalysis) -> dict[str, Any]:
     data: dict[str, Any] = {name: int(getattr(face, name)) for name in _INT_FIELDS}
     data.update({name: float(getattr(face, name)) for name in _FLOAT_FIELDS})
     data["landmark_68"] = [[float(p.x), float(p.y)] for p in face.landmark_68]
+    qc = face.quality_components
+    data["quality_components"] = None if qc is None else qc.as_dict()
     return data
 
 
@@ -114,6 +128,9 @@ def face_from_json(data: Mapping[str, Any]) -> FaceAnalysis:
     kwargs: dict[str, Any] = {name: int(data[name]) for name in _INT_FIELDS if name in data}
     kwargs.update({name: float(data[name]) for name in _FLOAT_FIELDS if name in data})
     kwargs["landmark_68"] = tuple(_point(p) for p in data.get("landmark_68", ()))
+    qc = data.get("quality_components")
+    if isinstance(qc, Mapping):  # absent from faces stored before the components were kept
+        kwargs["quality_components"] = QualityComponents(**{n: float(qc[n]) for n in QualityComponents.NAMES})
     return FaceAnalysis(**kwargs)
 
 
@@ -133,6 +150,8 @@ def row_from_scan(scan: Scan) -> ScanRow:
         elapsed_time=float(scan.elapsed_time),
         face1=face_to_json(scan.face1),
         face2=face_to_json(scan.face2),
+        threshold=None if scan.threshold is None else float(scan.threshold),
+        quality_filter=None if scan.quality_filter is None else QualityFilter(scan.quality_filter).value,
     )
 
 
@@ -152,4 +171,6 @@ def scan_from_row(row: ScanRow) -> Scan:
         face2=face_from_json(row.face2),
         updated_date=row.updated_date,
         updated_by_id=row.updated_by_id,
+        threshold=row.threshold,
+        quality_filter=None if row.quality_filter is None else QualityFilter(row.quality_filter),
     )

@@ -266,8 +266,18 @@ FORM_CASES: list[tuple[str, FormCase, int, str, str | None]] = [
      "reference"),
     ("reference-control-chars", lambda p: form_parts(p, reference=b"a\x00b\x1b[2J"), 400, "invalid_field",
      "reference"),
+    # Unknown fields are refused at the first one's header (before the parser's part limit is reached).
     ("too-many-parts", lambda p: [*form_parts(p), *((f"x{i}", b"1", None) for i in range(40))], 400,
-     "bad_request", None),
+     "invalid_field", "x0"),
+    ("unknown-field", lambda p: [*form_parts(p), ("treshold", b"0.9", None)], 400, "invalid_field", "treshold"),
+    ("threshold-out-of-range", lambda p: [*form_parts(p), ("threshold", b"2", None)], 400, "invalid_field",
+     "threshold"),
+    ("threshold-5000-bytes", lambda p: [*form_parts(p), ("threshold", b"0" * 5000, None)], 400, "invalid_field",
+     "threshold"),
+    ("quality-filter-not-utf8", lambda p: [*form_parts(p), ("quality_filter", b"\xff\xfe", None)], 400,
+     "invalid_field", "quality_filter"),
+    ("duplicate-threshold", lambda p: [*form_parts(p), ("threshold", b"0.5", None), ("threshold", b"0.6", None)],
+     400, "bad_request", "threshold"),
 ]
 
 

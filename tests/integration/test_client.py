@@ -20,6 +20,7 @@ from facerec_client import (
     AsyncGrpcClient,
     Channel,
     Comparison,
+    QualityFilter,
     RetryPolicy,
     Scan,
     ScanFilter,
@@ -138,6 +139,30 @@ async def test_errors_carry_the_stable_code_and_field(served: Served, image_byte
         assert no_face.value.status == 422 and no_face.value.request_id
     else:
         assert no_face.value.grpc_code == "FAILED_PRECONDITION"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_threshold_and_quality_filter(served: Served, image_bytes: Callable[[str], bytes],
+                                            transport: str) -> None:
+    # obama_04 looks down: accepted at LOW, refused for its pose at MEDIUM.
+    down, portrait = image_bytes("obama_04_oval_office_2016.jpg"), image_bytes(SAME[0])
+    async with client_of(served, transport) as api:
+        default = await api.compare(down, portrait, reference="client-decision")
+        assert (default.threshold, default.quality_filter) == (0.5, QualityFilter.LOW)
+        comps = default.face1.quality_components
+        assert comps is not None and 0 < comps.pose < 0.2 and comps.size > 0.5
+        strict = await api.compare(down, portrait, reference="client-decision", threshold=1.0,
+                                   quality_filter="low")
+        assert strict.compare_result is Verdict.DIFFERENT and strict.threshold == 1.0
+        assert strict.compare_similarity == default.compare_similarity
+        scan = await api.get_scan(strict.id)
+        assert (scan.threshold, scan.quality_filter) == (1.0, QualityFilter.LOW)
+        assert scan.face1.quality_components == comps
+        with pytest.raises(ApiError) as low:
+            await api.compare(down, portrait, reference="client-decision", quality_filter=QualityFilter.MEDIUM)
+    assert (low.value.code, low.value.field) == ("low_quality", "file1")
+    assert low.value.failing_components == {"file1": ("pose",)}
+    assert not low.value.retryable
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

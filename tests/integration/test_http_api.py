@@ -120,12 +120,18 @@ async def test_size_limits(serve_target: Any, image_bytes: Any) -> None:
         assert_problem(await compare(api, image_bytes, OBAMA2, OBAMA1), 413, "payload_too_large", "file2")
         big = await api.http.post(COMPARE, headers=api.headers(), **form(b"x" * 400_000, b"y"))
         assert_problem(big, 413, "payload_too_large")
-        # Without a Content-Length (chunked upload) the limits still hold while the body streams in.
-        for parts, field in (([b"x" * 120_000], "file1"), ([b"x" * 90_000] * 4, None)):
-            resp = await api.http.post(COMPARE, headers={**api.headers(), "content-type": f"multipart/form-data; "
-                                                           f"boundary={BOUNDARY}"}, content=chunked(parts))
-            assert "content-length" not in resp.request.headers
-            assert_problem(resp, 413, "payload_too_large", field)
+        # Without a Content-Length (chunked upload) the per-file limit still holds while the body streams in.
+        resp = await api.http.post(COMPARE, headers={**api.headers(), "content-type": f"multipart/form-data; "
+                                                       f"boundary={BOUNDARY}"}, content=chunked([b"x" * 120_000]))
+        assert "content-length" not in resp.request.headers
+        assert_problem(resp, 413, "payload_too_large", "file1")
+    # And the whole-body limit: two files each under the file limit, together over the request limit (the form
+    # has only two file fields, so the request limit is set below twice the file limit here).
+    async with serve_target(max_file_bytes=100_000, max_request_bytes=150_000) as api:
+        resp = await api.http.post(COMPARE, headers={**api.headers(), "content-type": f"multipart/form-data; "
+                                                       f"boundary={BOUNDARY}"}, content=chunked([b"x" * 90_000] * 2))
+        assert "content-length" not in resp.request.headers
+        assert_problem(resp, 413, "payload_too_large")
 
 
 # --------------------------------------------------------------------------- read, update, list, delete

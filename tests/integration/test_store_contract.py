@@ -21,12 +21,15 @@ from server.domain import (
     CompareResult,
     FaceAnalysis,
     Point,
+    QualityComponents,
+    QualityFilter,
     Scan,
     ScanQuery,
     ScanUpdate,
 )
 from server.settings import Settings
 from server.store import SqlScanStore, create_store, migrate
+from server.store import models as store_models
 from server.store import sql as store_sql
 
 
@@ -96,6 +99,8 @@ def make_face(seed: float = 0.0) -> FaceAnalysis:
         roll=-0.7071067811865476,
         detection_score=0.9321,
         faces_found=2,
+        quality_components=QualityComponents(size=0.1 + 0.2, sharpness=1.0, pose=1 / 3, illumination=0.0,
+                                             occlusion=2e-17 + seed, eyes=0.8, presence=0.999999),
     )
 
 
@@ -112,6 +117,8 @@ def make_scan(company: str = "acme", **changes: Any) -> Scan:
         elapsed_time=0.123456789,
         face1=make_face(0.0),
         face2=make_face(0.5),
+        threshold=0.6180339887498949,
+        quality_filter=QualityFilter.MEDIUM,
     )
     return dataclasses.replace(scan, **changes)
 
@@ -412,7 +419,36 @@ async def test_migrations_are_idempotent(backend: Backend) -> None:
     await second.add(scan)
     assert await first.get("acme", scan.id) == scan
     async with first.engine.connect() as conn:
-        assert await conn.run_sync(migrate.current_revision) == migrate.head_revision() == "0001"
+        assert await conn.run_sync(migrate.current_revision) == migrate.head_revision() == "0002"
+
+
+async def test_scans_from_before_0002_keep_their_rows_without_decision_settings(backend: Backend) -> None:
+    """A database at 0001 holding a scan is upgraded in place: the row survives, its threshold and quality filter
+    read as unknown (None), and new scans store theirs."""
+    store = backend.make()
+    if backend.kind == "sqlite":
+        Path(str(store.url.database)).parent.mkdir(parents=True, exist_ok=True)
+    async with store.engine.begin() as conn:
+        await conn.run_sync(migrate.upgrade, "0001")
+    old = make_scan(threshold=None, quality_filter=None)
+    face = {k: v for k, v in store_models.face_to_json(old.face1).items() if k != "quality_components"}
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO scans (id, company_id, created_date, created_by_id, reference, sales_channel, "
+            "compare_result, compare_similarity, elapsed_time, face1, face2) VALUES (:id, 'acme', :created, "
+            "'user-1', 'old', 'WEB', 'Same person', 0.8, 0.1, :face, :face)"
+        ).bindparams(sa.bindparam("id", type_=sa.Uuid()), sa.bindparam("face", type_=store_models.FaceJSON),
+                     sa.bindparam("created", type_=store_models.UTCDateTime())),
+            {"id": old.id, "created": T0, "face": face})
+        assert await conn.run_sync(migrate.current_revision) == "0001"
+    await store.open()  # migrates to head
+    got = await store.get("acme", old.id)
+    assert (got.reference, got.threshold, got.quality_filter) == ("old", None, None)
+    assert got.face1.quality_components is None and got.face1.landmark_68 == old.face1.landmark_68
+    new = make_scan()
+    await store.add(new)
+    assert await store.get("acme", new.id) == new
+    assert (new.threshold, new.quality_filter) == (0.6180339887498949, QualityFilter.MEDIUM)
 
 
 async def test_concurrent_open(backend: Backend) -> None:
@@ -448,6 +484,8 @@ async def test_schema_holds_no_image_bytes_or_embeddings(store: SqlScanStore) ->
         "elapsed_time",
         "face1",
         "face2",
+        "threshold",
+        "quality_filter",
     }
     for col in cols:
         assert not isinstance(col["type"], sa.LargeBinary), col

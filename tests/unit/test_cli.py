@@ -16,14 +16,16 @@ import pytest
 from PIL import Image
 
 from server.inference.backend import MODEL_NAMES
+from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SEED_KEYS = {"id", "reference", "channel", "compare_result", "compare_similarity", "created", "face1", "face2"}
+DECISION_KEYS = {"threshold", "quality_filter"}  # additions: what the verdict was decided with
 FACE_KEYS = {"x1", "y1", "x2", "y2", "landmark_68", "eye_dist", "face_luminance", "face_occlusion", "face_quality",
              "left_eye_closed", "right_eye_closed", "mouth_opened", "pitch", "yaw", "roll"}
 # Additions the contract allows ("more keys may be added").
-FACE_EXTRAS = {"faces_found", "detection_score", "orientation_correction"}
+FACE_EXTRAS = {"faces_found", "detection_score", "orientation_correction", "quality_components"}
 
 
 def _run(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -55,7 +57,8 @@ def test_compare_prints_the_seed_json(compare_run: tuple[subprocess.CompletedPro
     proc, _ = compare_run
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
-    assert set(body) == SEED_KEYS
+    assert set(body) == SEED_KEYS | DECISION_KEYS
+    assert (body["threshold"], body["quality_filter"]) == (Settings().threshold, Settings().quality_filter)
     assert uuid.UUID(body["id"])
     assert body["reference"] == "contract-0002" and body["channel"] == "WEB"
     assert body["compare_result"] == "Same person"
@@ -104,6 +107,32 @@ def test_compare_no_face_fails_naming_the_file(faces_dir: Path, models_ready: No
     proc = _run("compare", str(faces_dir / "obama_01_portrait_2012.jpg"), str(faces_dir / "no_face_coffee.jpg"),
                 data_dir=tmp_path)
     _one_line_error(proc, "no_face_coffee.jpg")
+
+
+def tiny_face_card(faces_dir: Path, out: Path) -> Path:
+    """obama_01's head (eyes 96 px apart) shrunk 8x onto a 640x400 card: eyes 12 px apart (an ID-card thumbnail)."""
+    with Image.open(faces_dir / "obama_01_portrait_2012.jpg") as img:
+        small = img.convert("RGB").crop((250, 20, 640, 460)).resize((49, 55), Image.Resampling.LANCZOS)
+    card = Image.new("RGB", (640, 400), (205, 205, 205))
+    card.paste(small, (60, 170))
+    card.save(out)
+    return out
+
+
+def test_compare_threshold_and_quality_filter(faces_dir: Path, models_ready: None, tmp_path: Path) -> None:
+    card = tiny_face_card(faces_dir, tmp_path / "card.png")
+    selfie = str(faces_dir / "obama_02_congress_2009.jpg")
+    proc = _run("compare", str(card), selfie, "--quality-filter", "low", data_dir=tmp_path)
+    _one_line_error(proc, "card.png")
+    assert "size" in proc.stderr and "LOW" in proc.stderr
+    # NONE compares it anyway; a threshold of 1 makes even a true match "Different person".
+    proc = _run("compare", str(card), selfie, "--quality-filter", "NONE", "--threshold", "1", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert (body["threshold"], body["quality_filter"], body["compare_result"]) == (1.0, "NONE", "Different person")
+    assert body["face1"]["quality_components"]["size"] < 0.11
+    bad = _run("compare", str(card), selfie, "--threshold", "1.5", data_dir=tmp_path)
+    _one_line_error(bad, "--threshold")
 
 
 def test_compare_not_an_image_fails_naming_the_file(faces_dir: Path, tmp_path: Path) -> None:

@@ -1,11 +1,20 @@
 """The wire rules kept once in the domain: channel, compare result and reference parsing (the one reference rule
-shared by create, update and the list filter), Spring page arithmetic."""
+shared by create, update and the list filter), threshold and quality filter parsing, Spring page arithmetic."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.domain import MAX_REFERENCE, Channel, CompareResult, Page, ScanUpdate, parse_reference
+from server.domain import (
+    MAX_REFERENCE,
+    Channel,
+    CompareResult,
+    Page,
+    QualityFilter,
+    ScanUpdate,
+    parse_reference,
+    parse_threshold,
+)
 from server.errors import InvalidField
 
 
@@ -86,3 +95,28 @@ def test_scan_update_parse_validates_every_field() -> None:
 def test_page_arithmetic(total: int, page: int, size: int, pages: int, first: bool, last: bool) -> None:
     p = Page(content=[], total=total, page=page, size=size)
     assert (p.total_pages, p.first, p.last, p.empty) == (pages, first, last, True)
+
+
+@pytest.mark.parametrize(("raw", "want"), [("LOW", QualityFilter.LOW), (" medium ", QualityFilter.MEDIUM),
+                                           ("none", QualityFilter.NONE), ("Auto", QualityFilter.AUTO)])
+def test_quality_filter_ignores_case_and_surrounding_space(raw: str, want: QualityFilter) -> None:
+    assert QualityFilter.parse(raw) is want
+
+
+@pytest.mark.parametrize("raw", [None, "", "EXTREME", "L0W", "low,high"])
+def test_unknown_quality_filter_names_the_field(raw: str | None) -> None:
+    with pytest.raises(InvalidField) as exc:
+        QualityFilter.parse(raw)
+    assert exc.value.field == "quality_filter" and "NONE, LOW, MEDIUM, HIGH, AUTO" in exc.value.detail
+
+
+@pytest.mark.parametrize(("raw", "want"), [("0", 0.0), ("1", 1.0), (" 0.62 ", 0.62), (0.5, 0.5), ("5e-1", 0.5)])
+def test_threshold_parses_numbers_within_0_1(raw: str | float, want: float) -> None:
+    assert parse_threshold(raw) == want
+
+
+@pytest.mark.parametrize("raw", [None, "", " ", "abc", "1.01", "-0.1", "nan", "inf", "-inf", "0,5", float("nan")])
+def test_threshold_outside_0_1_or_not_a_number_is_refused(raw: str | float | None) -> None:
+    with pytest.raises(InvalidField) as exc:
+        parse_threshold(raw)
+    assert exc.value.field == "threshold" and "0..1" in exc.value.detail

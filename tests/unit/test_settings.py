@@ -48,6 +48,9 @@ def test_an_unknown_variable_without_a_near_name_points_to_the_list() -> None:
                                 "FACEREC_MAX_IN_FLIGHT (compares in flight)"),
     ("FACEREC_BACKEND", "tritn", "FACEREC_BACKEND=tritn: must be one of onnxruntime, triton"),
     ("FACEREC_LOG_FORMAT", "xml", "FACEREC_LOG_FORMAT=xml: must be one of text, json"),
+    # AUTO is what a request says to get this setting: the setting itself must name a level.
+    ("FACEREC_QUALITY_FILTER", "AUTO", "FACEREC_QUALITY_FILTER=AUTO: must be one of NONE, LOW, MEDIUM, HIGH"),
+    ("FACEREC_DEMO", "yes", "FACEREC_DEMO=yes: must be one of auto, on, off"),
     ("FACEREC_LOG_LEVEL", "LOUD", "FACEREC_LOG_LEVEL=LOUD: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("FACEREC_DETECTOR_SIZE", "100", "FACEREC_DETECTOR_SIZE=100: must be a multiple of 32, at least 64"),
     ("FACEREC_TRITON_URL", "triton", "FACEREC_TRITON_URL=triton: must be host:port with a port 1..65535"),
@@ -183,3 +186,14 @@ def test_hardening_settings_from_env() -> None:
 def test_invalid_hardening_values_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("demo", "issuer", "page", "tokens"), [
+    ("auto", None, True, True), ("auto", "https://idp.example.com", False, False),
+    ("on", "https://idp.example.com", True, False), ("on", None, True, True), ("off", None, False, False),
+])
+def test_demo_page_and_token_button(demo: str, issuer: str | None, page: bool, tokens: bool) -> None:
+    # The token button never exists without the local issuer, whatever FACEREC_DEMO says.
+    env = {"FACEREC_DEMO": demo, **({"FACEREC_AUTH_ISSUER": issuer} if issuer else {})}
+    s = Settings.from_env(env)
+    assert (s.demo_enabled, s.demo_tokens) == (page, tokens)

@@ -3,7 +3,18 @@
 from facerec_client.errors import NO_RETRY, ApiError, RetryPolicy
 from facerec_client.grpc import AsyncGrpcClient, GrpcClient
 from facerec_client.http import AsyncClient, Client
-from facerec_client.models import Channel, Comparison, Face, Point, Scan, ScanFilter, ScanPage, Verdict
+from facerec_client.models import (
+    Channel,
+    Comparison,
+    Face,
+    Point,
+    QualityComponents,
+    QualityFilter,
+    Scan,
+    ScanFilter,
+    ScanPage,
+    Verdict,
+)
 
 __all__ = [
     "NO_RETRY",
@@ -16,6 +27,8 @@ __all__ = [
     "Face",
     "GrpcClient",
     "Point",
+    "QualityComponents",
+    "QualityFilter",
     "RetryPolicy",
     "Scan",
     "ScanFilter",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # Answers that mean "not now": the server refused before doing the work (429 / RESOURCE_EXHAUSTED) or could not
@@ -17,15 +18,18 @@ class ApiError(Exception):
 
     ``code`` is the server's stable error code (``no_face``, ``invalid_field``, ``overloaded``, ...);
     ``status`` the HTTP status (None over gRPC), ``grpc_code`` the gRPC status name (None over HTTP);
-    ``retry_after_s`` the server's retry hint, when it sent one.
+    ``retry_after_s`` the server's retry hint, when it sent one; ``failing_components`` (``low_quality`` only)
+    the quality components each refused file fell short on, e.g. ``{"file1": ("size", "sharpness")}``.
     """
 
     def __init__(self, code: str, detail: str, *, status: int | None = None, grpc_code: str | None = None,
                  field: str | None = None, request_id: str | None = None,
-                 retry_after_s: float | None = None) -> None:
+                 retry_after_s: float | None = None,
+                 failing_components: Mapping[str, tuple[str, ...]] | None = None) -> None:
         super().__init__(f"{code}: {detail}" + (f" ({field})" if field else ""))
         self.code, self.detail, self.status, self.grpc_code = code, detail, status, grpc_code
         self.field, self.request_id, self.retry_after_s = field, request_id, retry_after_s
+        self.failing_components: dict[str, tuple[str, ...]] = dict(failing_components or {})
 
     @property
     def retryable(self) -> bool:
@@ -58,6 +62,23 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(retries=0)
+
+
+def failing_from_body(value: object) -> dict[str, tuple[str, ...]]:
+    """``failing_components`` of a problem+json body: ``{"file1": ["size"]}`` -> ``{"file1": ("size",)}``."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): tuple(str(c) for c in v) for k, v in value.items() if isinstance(v, list)}
+
+
+def failing_from_trailer(value: str | None) -> dict[str, tuple[str, ...]]:
+    """The gRPC trailer ``facerec-failing-components``: ``file1=size,sharpness;file2=pose``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for part in (value or "").split(";"):
+        name, sep, comps = part.partition("=")
+        if sep and name:
+            out[name] = tuple(c for c in comps.split(",") if c)
+    return out
 
 
 def retry_after_from(header: str | None, body_ms: object) -> float | None:

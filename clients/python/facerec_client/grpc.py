@@ -14,12 +14,22 @@ import grpc
 
 from facerec_client._gen.facerec.v1 import face_recognition_pb2 as pb
 from facerec_client._gen.facerec.v1 import face_recognition_pb2_grpc as pb_grpc
-from facerec_client.errors import ApiError, RetryPolicy
-from facerec_client.models import Channel, Comparison, Scan, ScanFilter, ScanPage, Verdict, text_of
+from facerec_client.errors import ApiError, RetryPolicy, failing_from_trailer
+from facerec_client.models import (
+    Channel,
+    Comparison,
+    QualityFilter,
+    Scan,
+    ScanFilter,
+    ScanPage,
+    Verdict,
+    text_of,
+)
 
 ERROR_CODE_KEY = "facerec-error-code"
 ERROR_FIELD_KEY = "facerec-error-field"
 RETRY_AFTER_KEY = "facerec-retry-after-ms"
+FAILING_COMPONENTS_KEY = "facerec-failing-components"
 # Two images up to the server's default 10 MiB file limit each fit; responses are far smaller.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -36,11 +46,18 @@ def _error(exc: grpc.RpcError) -> ApiError:
     retry_ms = trailers.get(RETRY_AFTER_KEY)
     retry_after_s = int(retry_ms) / 1000.0 if retry_ms and retry_ms.isdigit() else None
     return ApiError(trailers.get(ERROR_CODE_KEY) or code.name.lower(), call.details() or code.name,
-                    grpc_code=code.name, field=trailers.get(ERROR_FIELD_KEY), retry_after_s=retry_after_s)
+                    grpc_code=code.name, field=trailers.get(ERROR_FIELD_KEY), retry_after_s=retry_after_s,
+                    failing_components=failing_from_trailer(trailers.get(FAILING_COMPONENTS_KEY)))
 
 
-def _compare_request(file1: bytes, file2: bytes, channel: Channel | str, reference: str) -> pb.CompareFacesRequest:
-    return pb.CompareFacesRequest(channel=text_of(channel), reference=reference, file1=file1, file2=file2)
+def _compare_request(file1: bytes, file2: bytes, channel: Channel | str, reference: str, *, threshold: float | None,
+                     quality_filter: QualityFilter | str | None) -> pb.CompareFacesRequest:
+    req = pb.CompareFacesRequest(channel=text_of(channel), reference=reference, file1=file1, file2=file2)
+    if threshold is not None:
+        req.threshold = float(threshold)
+    if quality_filter is not None:
+        req.quality_filter = text_of(quality_filter)
+    return req
 
 
 def _update_request(scan_id: uuid.UUID | str, compare_result: Verdict | str | None, compare_similarity: float | None,
@@ -110,9 +127,10 @@ class GrpcClient(_Base):
                 self._sleep(self.retry.delay(attempt, err))
                 attempt += 1
 
-    def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER,
-                reference: str) -> Comparison:
-        req = _compare_request(file1, file2, channel, reference)
+    def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER, reference: str,
+                threshold: float | None = None, quality_filter: QualityFilter | str | None = None) -> Comparison:
+        req = _compare_request(file1, file2, channel, reference, threshold=threshold,
+                               quality_filter=quality_filter)
         return Comparison.from_proto(self._call(self._stub.CompareFaces, req))
 
     def get_scan(self, scan_id: uuid.UUID | str) -> Scan:
@@ -165,9 +183,11 @@ class AsyncGrpcClient(_Base):
                 await self._sleep(self.retry.delay(attempt, err))
                 attempt += 1
 
-    async def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER,
-                      reference: str) -> Comparison:
-        req = _compare_request(file1, file2, channel, reference)
+    async def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER, reference: str,
+                      threshold: float | None = None,
+                      quality_filter: QualityFilter | str | None = None) -> Comparison:
+        req = _compare_request(file1, file2, channel, reference, threshold=threshold,
+                               quality_filter=quality_filter)
         return Comparison.from_proto(await self._call(self._stub.CompareFaces, req))
 
     async def get_scan(self, scan_id: uuid.UUID | str) -> Scan:

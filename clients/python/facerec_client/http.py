@@ -11,8 +11,17 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from facerec_client.errors import ApiError, RetryPolicy, retry_after_from
-from facerec_client.models import Channel, Comparison, Scan, ScanFilter, ScanPage, Verdict, text_of
+from facerec_client.errors import ApiError, RetryPolicy, failing_from_body, retry_after_from
+from facerec_client.models import (
+    Channel,
+    Comparison,
+    QualityFilter,
+    Scan,
+    ScanFilter,
+    ScanPage,
+    Verdict,
+    text_of,
+)
 
 T = TypeVar("T")
 COMPARE_PATH = "/v1/compare_face"
@@ -33,11 +42,18 @@ def _error(r: httpx.Response) -> ApiError:
     return ApiError(str(body.get("code") or f"http_{r.status_code}"), str(body.get("detail") or r.reason_phrase),
                     status=r.status_code, field=body.get("field"),
                     request_id=body.get("request_id") or r.headers.get("x-request-id"),
-                    retry_after_s=retry_after_from(r.headers.get("retry-after"), body.get("retry_after_ms")))
+                    retry_after_s=retry_after_from(r.headers.get("retry-after"), body.get("retry_after_ms")),
+                    failing_components=failing_from_body(body.get("failing_components")))
 
 
-def _compare_form(channel: Channel | str, reference: str) -> dict[str, str]:
-    return {"channel": text_of(channel), "reference": reference}
+def _compare_form(channel: Channel | str, reference: str, threshold: float | None,
+                  quality_filter: QualityFilter | str | None) -> dict[str, str]:
+    form = {"channel": text_of(channel), "reference": reference}
+    if threshold is not None:
+        form["threshold"] = repr(float(threshold))
+    if quality_filter is not None:
+        form["quality_filter"] = text_of(quality_filter)
+    return form
 
 
 def _compare_files(file1: bytes, file2: bytes) -> dict[str, tuple[str, bytes, str]]:
@@ -103,10 +119,15 @@ class Client(_Base):
             self._sleep(self.retry.delay(attempt, err))
             attempt += 1
 
-    def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER,
-                reference: str) -> Comparison:
-        """Compare the most prominent faces of two images; the scan is stored under ``reference``."""
-        r = self._send("POST", COMPARE_PATH, data=_compare_form(channel, reference),
+    def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER, reference: str,
+                threshold: float | None = None, quality_filter: QualityFilter | str | None = None) -> Comparison:
+        """Compare the most prominent faces of two images; the scan is stored under ``reference``.
+
+        ``threshold`` (0..1 on the ``compare_similarity`` scale) and ``quality_filter`` (NONE, LOW, MEDIUM, HIGH,
+        AUTO) override the server's defaults for this request; a face below the filter raises ``ApiError`` with
+        code ``low_quality`` and ``failing_components``.
+        """
+        r = self._send("POST", COMPARE_PATH, data=_compare_form(channel, reference, threshold, quality_filter),
                        files=_compare_files(file1, file2))
         return Comparison.from_json(r.json())
 
@@ -161,9 +182,10 @@ class AsyncClient(_Base):
             await self._sleep(self.retry.delay(attempt, err))
             attempt += 1
 
-    async def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER,
-                      reference: str) -> Comparison:
-        r = await self._send("POST", COMPARE_PATH, data=_compare_form(channel, reference),
+    async def compare(self, file1: bytes, file2: bytes, *, channel: Channel | str = Channel.OTHER, reference: str,
+                      threshold: float | None = None,
+                      quality_filter: QualityFilter | str | None = None) -> Comparison:
+        r = await self._send("POST", COMPARE_PATH, data=_compare_form(channel, reference, threshold, quality_filter),
                              files=_compare_files(file1, file2))
         return Comparison.from_json(r.json())
 

@@ -25,6 +25,16 @@ class Verdict(enum.StrEnum):
     DIFFERENT = "Different person"
 
 
+class QualityFilter(enum.StrEnum):
+    """``quality_filter``: how good a face must be to be compared; AUTO is the server's default level."""
+
+    NONE = "NONE"
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    AUTO = "AUTO"
+
+
 def parse_time(value: str) -> datetime:
     """The API's timestamps: ISO 8601, UTC when no offset is given (the wire format has none)."""
     dt = datetime.fromisoformat(value)
@@ -37,6 +47,34 @@ class Point:
 
     x: float
     y: float
+
+
+@dataclass(frozen=True, slots=True)
+class QualityComponents:
+    """The components of ``face_quality``, each 0..1 (1 = ideal): what the quality filter levels check."""
+
+    size: float
+    sharpness: float
+    pose: float
+    illumination: float
+    occlusion: float
+    eyes: float
+    presence: float
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> QualityComponents | None:
+        if not d:
+            return None
+        return cls(**{k: float(d[k]) for k in ("size", "sharpness", "pose", "illumination", "occlusion", "eyes",
+                                              "presence")})
+
+    @classmethod
+    def from_proto(cls, face: Any) -> QualityComponents | None:
+        if not face.HasField("quality_components"):
+            return None
+        m = face.quality_components
+        return cls(size=m.size, sharpness=m.sharpness, pose=m.pose, illumination=m.illumination,
+                   occlusion=m.occlusion, eyes=m.eyes, presence=m.presence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +99,8 @@ class Face:
     faces_found: int
     detection_score: float
     orientation_correction: int = 0  # clockwise quarter turn (0/90/180/270) applied to find the face
+    # None when the server is older than the components, or for scans stored before they were kept.
+    quality_components: QualityComponents | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Face:
@@ -74,6 +114,7 @@ class Face:
             roll=float(d["roll"]), faces_found=int(d.get("faces_found", 1)),
             detection_score=float(d.get("detection_score", 0.0)),
             orientation_correction=int(d.get("orientation_correction", 0)),
+            quality_components=QualityComponents.from_json(d.get("quality_components")),
         )
 
     @classmethod
@@ -84,6 +125,7 @@ class Face:
             face_quality=m.face_quality, left_eye_closed=m.left_eye_closed, right_eye_closed=m.right_eye_closed,
             mouth_opened=m.mouth_opened, pitch=m.pitch, yaw=m.yaw, roll=m.roll, faces_found=m.faces_found,
             detection_score=m.detection_score, orientation_correction=m.orientation_correction,
+            quality_components=QualityComponents.from_proto(m),
         )
 
 
@@ -99,6 +141,9 @@ class Comparison:
     created: datetime
     face1: Face
     face2: Face
+    # What the verdict was decided with (AUTO resolved to the server's level); None from older servers.
+    threshold: float | None = None
+    quality_filter: QualityFilter | None = None
 
     @property
     def same_person(self) -> bool:
@@ -109,13 +154,15 @@ class Comparison:
         return cls(id=uuid.UUID(d["id"]), reference=d["reference"], channel=Channel(d["channel"]),
                    compare_result=Verdict(d["compare_result"]), compare_similarity=float(d["compare_similarity"]),
                    created=parse_time(d["created"]), face1=Face.from_json(d["face1"]),
-                   face2=Face.from_json(d["face2"]))
+                   face2=Face.from_json(d["face2"]), threshold=_opt_float(d.get("threshold")),
+                   quality_filter=_opt_level(d.get("quality_filter")))
 
     @classmethod
     def from_proto(cls, m: Any) -> Comparison:
         return cls(id=uuid.UUID(m.id), reference=m.reference, channel=Channel(m.channel),
                    compare_result=Verdict(m.compare_result), compare_similarity=m.compare_similarity,
-                   created=parse_time(m.created), face1=Face.from_proto(m.face1), face2=Face.from_proto(m.face2))
+                   created=parse_time(m.created), face1=Face.from_proto(m.face1), face2=Face.from_proto(m.face2),
+                   threshold=m.threshold if m.quality_filter else None, quality_filter=_opt_level(m.quality_filter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +182,9 @@ class Scan:
     reference: str
     face1: Face
     face2: Face
+    # None for scans stored before the server recorded them.
+    threshold: float | None = None
+    quality_filter: QualityFilter | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Scan:
@@ -144,7 +194,8 @@ class Scan:
                    updated_by_id=d.get("updatedById"), elapsed_time=float(d["elapsedTime"]),
                    compare_result=Verdict(d["compareResult"]), compare_similarity=float(d["compareSimilarity"]),
                    sales_channel=Channel(d["salesChannel"]), reference=d["reference"],
-                   face1=Face.from_json(d["face1"]), face2=Face.from_json(d["face2"]))
+                   face1=Face.from_json(d["face1"]), face2=Face.from_json(d["face2"]),
+                   threshold=_opt_float(d.get("threshold")), quality_filter=_opt_level(d.get("qualityFilter")))
 
     @classmethod
     def from_proto(cls, m: Any) -> Scan:
@@ -154,7 +205,9 @@ class Scan:
                    updated_by_id=m.updated_by_id if m.HasField("updated_by_id") else None,
                    elapsed_time=m.elapsed_time, compare_result=Verdict(m.compare_result),
                    compare_similarity=m.compare_similarity, sales_channel=Channel(m.sales_channel),
-                   reference=m.reference, face1=Face.from_proto(m.face1), face2=Face.from_proto(m.face2))
+                   reference=m.reference, face1=Face.from_proto(m.face1), face2=Face.from_proto(m.face2),
+                   threshold=m.threshold if m.HasField("threshold") else None,
+                   quality_filter=_opt_level(m.quality_filter if m.HasField("quality_filter") else None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +261,14 @@ class ScanFilter:
             if value is not None:
                 out[key] = _text(value)
         return out
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _opt_level(value: object) -> QualityFilter | None:
+    return QualityFilter(str(value)) if value else None
 
 
 def _text(value: object) -> str:

@@ -22,6 +22,7 @@ from server.errors import (
     BadRequest,
     DeadlineExceeded,
     FacerecError,
+    LowQuality,
     MissingField,
     PayloadTooLarge,
     Unauthorized,
@@ -37,6 +38,8 @@ SERVICE_NAME = "facerec.v1.FaceRecognition"
 ERROR_CODE_KEY = "facerec-error-code"
 ERROR_FIELD_KEY = "facerec-error-field"
 RETRY_AFTER_KEY = "facerec-retry-after-ms"
+# low_quality: "file1=size,sharpness;file2=pose" (the files that fail and their failing components).
+FAILING_COMPONENTS_KEY = "facerec-failing-components"
 SOURCE = "grpc"  # the transport label the batcher's mixed-batch metrics count
 DEFAULT_PAGE_SIZE = 20
 
@@ -52,6 +55,8 @@ def face_message(f: FaceAnalysis) -> pb.Face:
         face_quality=f.face_quality, left_eye_closed=f.left_eye_closed, right_eye_closed=f.right_eye_closed,
         mouth_opened=f.mouth_opened, pitch=f.pitch, yaw=f.yaw, roll=f.roll, faces_found=f.faces_found,
         detection_score=f.detection_score, orientation_correction=f.orientation_correction,
+        quality_components=None if f.quality_components is None
+        else pb.QualityComponents(**f.quality_components.as_dict()),
     )
 
 
@@ -61,7 +66,8 @@ def compare_message(s: Scan) -> pb.CompareFacesResponse:
         id=str(s.id), reference=s.reference, channel=s.sales_channel.value,
         compare_result=s.compare_result.value, compare_similarity=s.compare_similarity,
         created=wire_time(s.created_date) or "",
-        face1=face_message(s.face1), face2=face_message(s.face2),
+        face1=face_message(s.face1), face2=face_message(s.face2), threshold=s.threshold or 0.0,
+        quality_filter=s.quality_filter.value if s.quality_filter is not None else "",
     )
 
 
@@ -72,7 +78,8 @@ def scan_message(s: Scan) -> pb.Scan:
         updated_date=wire_time(s.updated_date), created_by_id=s.created_by_id, updated_by_id=s.updated_by_id,
         elapsed_time=s.elapsed_time, compare_result=s.compare_result.value,
         compare_similarity=s.compare_similarity, sales_channel=s.sales_channel.value, reference=s.reference,
-        face1=face_message(s.face1), face2=face_message(s.face2),
+        face1=face_message(s.face1), face2=face_message(s.face2), threshold=s.threshold,
+        quality_filter=None if s.quality_filter is None else s.quality_filter.value,
     )
 
 
@@ -124,6 +131,9 @@ def error_metadata(err: FacerecError) -> tuple[tuple[str, str], ...]:
     if retry_after_ms is not None:
         # The gRPC counterpart of Retry-After for RESOURCE_EXHAUSTED / UNAVAILABLE.
         items.append((RETRY_AFTER_KEY, str(retry_after_ms)))
+    if isinstance(err, LowQuality):
+        items.append((FAILING_COMPONENTS_KEY,
+                      ";".join(f"{name}={','.join(found)}" for name, found in err.failing.items())))
     return tuple(items)
 
 
@@ -204,6 +214,8 @@ class FaceRecognitionServicer(pb_grpc.FaceRecognitionServicer):
             scan = await self._service.compare(
                 principal, channel=request.channel, reference=request.reference, file1=request.file1,
                 file2=request.file2, source=SOURCE, deadline=self._deadline(context),
+                threshold=request.threshold if request.HasField("threshold") else None,
+                quality_filter=request.quality_filter if request.HasField("quality_filter") else None,
             )
             return compare_message(scan)
 

@@ -56,7 +56,8 @@ class CompareController(Controller):
         form = await read_compare_form(request, max_file_bytes=s.max_file_bytes,
                                        max_request_bytes=s.max_request_bytes)
         scan = await service.compare(principal, channel=form.channel, reference=form.reference,
-                                     file1=form.file1, file2=form.file2, source="http")
+                                     file1=form.file1, file2=form.file2, source="http", threshold=form.threshold,
+                                     quality_filter=form.quality_filter)
         return CompareResponse.of(scan)
 
 

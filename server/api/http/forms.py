@@ -1,7 +1,9 @@
-"""Streaming reader of the compare form (channel, file1, file2, reference) enforcing per-file size limits."""
+"""Streaming reader of the compare form (channel, file1, file2, reference; optional threshold, quality_filter)
+enforcing per-file size limits and refusing fields it does not know."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,22 +19,42 @@ from multipart import (  # type: ignore[import-untyped]
 from server.errors import BadRequest, InvalidField, MissingField, PayloadTooLarge
 
 FILE_FIELDS = ("file1", "file2")
-TEXT_FIELDS = ("channel", "reference")
+TEXT_FIELDS = ("channel", "reference", "threshold", "quality_filter")
 REQUIRED_FIELDS = ("channel", "file1", "file2", "reference")
+OPTIONAL_FIELDS = ("threshold", "quality_filter")
+KNOWN_FIELDS = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)
 # A reference is at most 255 characters; 4 KiB of UTF-8 leaves room for any of them and bounds the buffer.
 MAX_TEXT_BYTES = 4096
-# The form has four parts; a few unknown extras are tolerated, thousands of tiny parts are not.
+# The form has at most six parts (unknown ones are refused at their header); this bounds the parser anyway.
 MAX_PARTS = 16
+# How much of an unknown field's name a refusal repeats (names are caller input).
+MAX_NAME_SHOWN = 64
 
 
 @dataclass(frozen=True, slots=True)
 class CompareForm:
-    """The four fields of a compare request; content types are ignored (decoding decides what an image is)."""
+    """The fields of a compare request; content types are ignored (decoding decides what an image is).
+
+    ``threshold`` and ``quality_filter`` are None when the form did not send them (the server's defaults apply).
+    """
 
     channel: str
     reference: str
     file1: bytes
     file2: bytes
+    threshold: str | None = None
+    quality_filter: str | None = None
+
+
+def unknown_field(name: str) -> InvalidField:
+    """The refusal of a form field the compare form does not have, with the nearest known name as a hint.
+
+    A misspelt optional field (``treshold``) would otherwise be dropped and its default used without a word.
+    """
+    shown = name[:MAX_NAME_SHOWN]
+    near = difflib.get_close_matches(name, KNOWN_FIELDS, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else f" (fields: {', '.join(KNOWN_FIELDS)})"
+    return InvalidField(f"unknown form field {shown!r}{hint}", field=shown)
 
 
 def _boundary(request: Request[Any, Any, Any]) -> str:
@@ -65,6 +87,8 @@ async def read_compare_form(request: Request[Any, Any, Any], *, max_file_bytes: 
                 for event in parser.parse(chunk):
                     if isinstance(event, MultipartSegment):
                         name = str(event.name or "")
+                        if name not in KNOWN_FIELDS:
+                            raise unknown_field(name)  # at its header: nothing of it is read
                         if name in seen:
                             raise BadRequest(f"field {name!r} appears more than once", field=name)
                         seen.add(name)
@@ -75,9 +99,8 @@ async def read_compare_form(request: Request[Any, Any, Any], *, max_file_bytes: 
                                                   field=name)
                         if name in TEXT_FIELDS and len(buf) + len(event) > MAX_TEXT_BYTES:
                             raise InvalidField(f"{name} is too long", field=name)
-                        if name in REQUIRED_FIELDS:
-                            buf += event  # unknown fields are read past, never kept
-                    elif name in REQUIRED_FIELDS:
+                        buf += event
+                    elif name is not None:
                         values[name] = bytes(buf)
     except ParserLimitReached:
         raise BadRequest(f"too many form parts (at most {MAX_PARTS})") from None
@@ -87,7 +110,9 @@ async def read_compare_form(request: Request[Any, Any, Any], *, max_file_bytes: 
         if field not in values:
             raise MissingField(f"missing form field {field}", field=field)
     return CompareForm(channel=_text(values, "channel"), reference=_text(values, "reference"),
-                       file1=values["file1"], file2=values["file2"])
+                       file1=values["file1"], file2=values["file2"],
+                       threshold=_text(values, "threshold") if "threshold" in values else None,
+                       quality_filter=_text(values, "quality_filter") if "quality_filter" in values else None)
 
 
 def _text(values: dict[str, bytes], field: str) -> str:

@@ -31,11 +31,13 @@ from litestar.types.internal_types import PathParameterDefinition
 from server.api.http.bodies import JSON_MEDIA_TYPE
 from server.api.http.problems import PROBLEM_MEDIA_TYPE
 from server.api.schemas import CompareResponse, Problem, ScanEntity, ScanUpdateIn
-from server.domain import MAX_REFERENCE, Channel, CompareResult
+from server.domain import MAX_REFERENCE, Channel, CompareResult, QualityFilter
 from server.errors import (
+    FaceNotComparable,
     FacerecError,
     Forbidden,
     InvalidField,
+    LowQuality,
     NoFace,
     NotFound,
     Overloaded,
@@ -62,6 +64,7 @@ ENTITY_EXAMPLE: dict[str, Any] = {
     "elapsedTime": 0.112, "compareResult": COMPARE_EXAMPLE["compare_result"],
     "compareSimilarity": COMPARE_EXAMPLE["compare_similarity"], "salesChannel": COMPARE_EXAMPLE["channel"],
     "reference": COMPARE_EXAMPLE["reference"], "face1": COMPARE_EXAMPLE["face1"], "face2": COMPARE_EXAMPLE["face2"],
+    "threshold": COMPARE_EXAMPLE["threshold"], "qualityFilter": COMPARE_EXAMPLE["quality_filter"],
 }
 _EXAMPLE_REQUEST_ID = "5f0c8e1d2b7a4c3e9f1a2b3c4d5e6f70"
 
@@ -85,12 +88,24 @@ _STATUS_EXAMPLES: dict[int, tuple[FacerecError, str]] = {
 # PUT's 415 is about the body's media type, not an image.
 _MEDIA_TYPE_EXAMPLE = (UnsupportedMediaType("the body must be application/json"),
                        "/v1/face-recognition/8c5b2a52-4a51-4f7e-9d7c-6d1f3d1f0b3e")
+# Other problems a status also stands for, shown beside its main example where ``problem(..., more=True)``.
+_MORE_EXAMPLES: dict[int, list[tuple[FacerecError, str]]] = {
+    422: [(FaceNotComparable("a face was found in file2 but cannot be compared reliably: the head is turned 62 "
+                             "degrees (yaw); faces are compared up to 50 degrees", field="file2"), "/v1/compare_face"),
+          (LowQuality("face quality below the MEDIUM filter in file1 (size 0.12 < 0.20: face too small (move "
+                      "closer or use a larger image))", field="file1", quality_filter="MEDIUM",
+                      failing={"file1": ["size"]}), "/v1/compare_face")],
+}
 
 
-def problem_example(status: int, example: tuple[FacerecError, str] | None = None) -> dict[str, Any]:
+def problem_example(status: int, example: tuple[FacerecError, str] | None = None, which: int = 0) -> dict[str, Any]:
     """The documented problem body of ``status`` (as ``problems.problem_response`` writes it): that status's usual
-    error, or ``example`` (error, request path) where an operation answers the status with another code."""
-    err, instance = example or _STATUS_EXAMPLES[status]
+    error, ``example`` (error, request path) where an operation answers the status with another code, or with
+    ``which`` > 0 one of the status's other problems."""
+    if example is not None:
+        err, instance = example
+    else:
+        err, instance = _STATUS_EXAMPLES[status] if which == 0 else _MORE_EXAMPLES[status][which - 1]
     body: dict[str, Any] = {"type": f"https://facerec.dev/problems/{err.code}", "title": err.title,
                             "status": err.status, "code": err.code, "detail": err.detail}
     if err.field:
@@ -99,14 +114,22 @@ def problem_example(status: int, example: tuple[FacerecError, str] | None = None
     retry_after_ms = getattr(err, "retry_after_ms", None)
     if retry_after_ms is not None:
         body["retry_after_ms"] = retry_after_ms
+    if isinstance(err, LowQuality):
+        body.update(quality_filter=err.quality_filter, failing_components=err.failing)
     return body
 
 
-def problem(description: str, status: int, example: tuple[FacerecError, str] | None = None) -> ResponseSpec:
-    """An error response documented as problem+json, with that status's own example (or ``example``)."""
-    body = problem_example(status, example)
+def problem(description: str, status: int, example: tuple[FacerecError, str] | None = None, *,
+            more: bool = False) -> ResponseSpec:
+    """An error response documented as problem+json, with that status's own example (or ``example``), and with
+    ``more`` the examples of the other problems answered with the same status."""
+    if example is not None:
+        examples = [problem_example(status, example)]
+    else:
+        extra = len(_MORE_EXAMPLES.get(status, [])) if more else 0
+        examples = [problem_example(status, which=which) for which in range(extra + 1)]
     return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE,
-                        generate_examples=False, examples=[Example(summary=body["code"], value=body)])
+                        generate_examples=False, examples=[Example(summary=e["code"], value=e) for e in examples])
 
 
 COMMON_ERRORS: dict[int, ResponseSpec] = {
@@ -121,8 +144,10 @@ COMPARE_RESPONSES: dict[int, ResponseSpec] = {
     **COMMON_ERRORS,
     413: problem("A file or the whole request is over its size limit", 413),
     415: problem("A file is not a supported image (JPEG, PNG, WebP, BMP)", 415),
-    422: problem("No face found (`no_face`), or a face that cannot be compared reliably (`face_not_comparable`: "
-                 "turned too far, too small, eyes not visible); `field` names file1 or file2", 422),
+    422: problem("No face found (`no_face`); a face that cannot be compared reliably (`face_not_comparable`: "
+                 "turned too far, too small, eyes not visible), whatever the quality filter; or a face below the "
+                 "request's quality filter (`low_quality`, with `quality_filter` and `failing_components`). "
+                 "Checked in that order; `field` names file1 or file2", 422, more=True),
     429: problem("Overloaded; retry after `Retry-After` seconds", 429),
     503: problem("Temporarily unavailable; retry after `Retry-After` seconds", 503),
 }
@@ -152,8 +177,9 @@ CHANNELS = [c.value for c in Channel]
 RESULTS = [r.value for r in CompareResult]
 _IMAGE = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY,
                 description="image file (JPEG, PNG, WebP or BMP; the content type sent is not trusted)")
+QUALITY_LEVELS = [q.value for q in QualityFilter]
 # The compare form, one line per field: (name, schema, required). Optional fields (e.g. tuning parameters) are
-# added here with required=False.
+# added here with required=False. Any other field is refused with 400 `invalid_field` naming it.
 COMPARE_FORM_FIELDS: list[tuple[str, Schema, bool]] = [
     ("channel", Schema(type=OpenAPIType.STRING, enum=CHANNELS, description="sales channel (case-insensitive)"),
      True),
@@ -163,6 +189,15 @@ COMPARE_FORM_FIELDS: list[tuple[str, Schema, bool]] = [
                          description="caller's own key to find the scan later (contract number, ...), "
                          f"1-{MAX_REFERENCE} characters after trimming, at least one of them visible; no control, "
                          "format (bidi, zero-width) or line-separator characters"), True),
+    ("threshold", Schema(type=OpenAPIType.NUMBER, minimum=0, maximum=1,
+                         description="decision threshold on the `compare_similarity` scale: `Same person` when the "
+                         "similarity reaches it; default the server's FACEREC_THRESHOLD (0.5 unless configured). "
+                         "README \"Score and threshold\" maps thresholds to false-accept rates"), False),
+    ("quality_filter", Schema(type=OpenAPIType.STRING, enum=QUALITY_LEVELS,
+                              description="refuse faces below this quality level (422 `low_quality` naming the "
+                              "file and the failing components); AUTO or absent = the server's "
+                              "FACEREC_QUALITY_FILTER. Case-insensitive. README \"Quality filter\" has what each "
+                              "level refuses"), False),
 ]
 
 
@@ -173,7 +208,7 @@ class CompareFormOperation(Operation):
     def __post_init__(self) -> None:
         schema = Schema(
             type=OpenAPIType.OBJECT, required=[name for name, _, required in COMPARE_FORM_FIELDS if required],
-            properties={name: field for name, field, _ in COMPARE_FORM_FIELDS},
+            properties={name: field for name, field, _ in COMPARE_FORM_FIELDS}, additional_properties=False,
         )
         self.request_body = RequestBody(required=True,
                                         content={"multipart/form-data": OpenAPIMediaType(schema)})
@@ -330,6 +365,26 @@ FIELD_DOCS: dict[str, FieldDoc] = {
     "orientation_correction": FieldDoc("(addition) clockwise quarter turn (0, 90, 180 or 270 degrees) that was applied "
                                        "to the photo to find this face; coordinates stay in the photo as sent",
                                        enum=(0, 90, 180, 270)),
+    "quality_components": FieldDoc("(addition) the components of `face_quality`, each 0..1 with 1 = ideal: what "
+                                   "`quality_filter` levels check; null for scans stored before they were kept"),
+    # the components (schema-qualified: `size` alone is the page size)
+    "QualityComponentsOut.size": FieldDoc("face size: inter-eye distance, 0 at <= 15 px, 1 at >= 60 px",
+                                          minimum=0, maximum=1),
+    "sharpness": FieldDoc("sharpness: Laplacian variance of the aligned face, 0 = heavily blurred", minimum=0,
+                          maximum=1),
+    "pose": FieldDoc("pose: 1 = frontal, falling with yaw and pitch", minimum=0, maximum=1),
+    "illumination": FieldDoc("illumination: 1 = face luma mid-grey, 0 = black or white", minimum=0, maximum=1),
+    "occlusion": FieldDoc("1 - `face_occlusion`: 1 = nothing covered or cut off", minimum=0, maximum=1),
+    "eyes": FieldDoc("open eyes: 1 - 0.8 x the more closed eye", minimum=0, maximum=1),
+    "presence": FieldDoc("the landmarker's confidence that the crop holds a face (shown, not gated)", minimum=0,
+                         maximum=1),
+    # decision settings (compare response, scan entity)
+    "threshold": FieldDoc("the decision threshold the verdict was made with (the request's, else the server's "
+                          "FACEREC_THRESHOLD); null on the entity for scans stored before it was recorded",
+                          minimum=0, maximum=1),
+    "quality_filter": FieldDoc("the quality filter level applied (AUTO resolved to the server's default level); "
+                               "null on the entity for scans stored before it was recorded",
+                               enum=tuple(q.value for q in QualityFilter if q is not QualityFilter.AUTO)),
     # Spring Data page
     "content": FieldDoc("the scans of this page"),
     "total_elements": FieldDoc("scans matching the filters, all pages", minimum=0),
@@ -355,9 +410,16 @@ FIELD_DOCS: dict[str, FieldDoc] = {
     "request_id": FieldDoc("the request's id (also the X-Request-ID header): quote it when reporting a problem"),
     "retry_after_ms": FieldDoc("429/503 only: milliseconds to wait before retrying (Retry-After rounds up to "
                                "seconds)", minimum=0),
+    "failing_components": FieldDoc("422 `low_quality` only: for each refused file (`file1`, `file2`), the "
+                                   "components below the level's minimums"),
 }
 # Extension members the generated Problem schema does not know (problems.py merges them into the top level).
-_PROBLEM_EXTENSIONS: dict[str, dict[str, Any]] = {"retry_after_ms": {"type": "integer"}}
+_PROBLEM_EXTENSIONS: dict[str, dict[str, Any]] = {
+    "retry_after_ms": {"type": "integer"},
+    "quality_filter": {"type": "string"},
+    "failing_components": {"type": "object", "additionalProperties": {"type": "array", "items": {
+        "type": "string", "enum": ["size", "sharpness", "pose", "illumination", "occlusion", "eyes"]}}},
+}
 
 _HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {"description": "the request's id: the caller's own when it matches [A-Za-z0-9._-]{1,128}, "
@@ -405,12 +467,18 @@ def _apply(prop: dict[str, Any], doc: FieldDoc) -> None:
             branch["minItems"] = branch["maxItems"] = doc.items
 
 
+def field_doc(schema_name: str, prop: str) -> FieldDoc | None:
+    """The doc line of ``schema_name.prop``: a schema-qualified line first (for names that mean different things
+    in different schemas, like ``size``), else the line of the property's snake_case name."""
+    return FIELD_DOCS.get(f"{schema_name}.{prop}") or FIELD_DOCS.get(_snake(prop))
+
+
 def undocumented_properties(doc: dict[str, Any]) -> list[str]:
     """``Schema.property`` of every wire field without a :data:`FIELD_DOCS` line (enum schemas aside)."""
     missing = []
     for name, schema in doc.get("components", {}).get("schemas", {}).items():
         for prop in schema.get("properties", {}):
-            if _snake(prop) not in FIELD_DOCS:
+            if field_doc(name, prop) is None:
                 missing.append(f"{name}.{prop}")
     return missing
 
@@ -435,15 +503,15 @@ def refine_openapi(doc: dict[str, Any], *, auth_issuer: str | None) -> None:
     components["securitySchemes"] = schemes
     components["headers"] = _HEADERS
     components.setdefault("schemas", {}).update(body_components())
-    for schema in components.get("schemas", {}).values():
+    for schema_name, schema in components.get("schemas", {}).items():
         props = schema.get("properties", {})
         if schema.get("title") == "Problem":
             props.pop("extra", None)
             props.update({k: dict(v) for k, v in _PROBLEM_EXTENSIONS.items()})
         for prop_name, prop in props.items():
-            field_doc = FIELD_DOCS.get(_snake(prop_name))
-            if field_doc is not None:
-                _apply(prop, field_doc)
+            line = field_doc(schema_name, prop_name)
+            if line is not None:
+                _apply(prop, line)
     for item in doc.get("paths", {}).values():
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:

@@ -16,7 +16,7 @@ from litestar.types import ExceptionHandlersMap
 from server.api.http.middleware import REQUEST_ID_HEADER, request_id_of
 from server.api.schemas import Problem
 from server.disconnect import client_gone
-from server.errors import FacerecError, Forbidden, Overloaded, Unauthorized, Unavailable
+from server.errors import FacerecError, Forbidden, LowQuality, Overloaded, Unauthorized, Unavailable
 from server.logsafe import safe_path, safe_text
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def facerec_error_handler(request: Request[Any, Any, Any], exc: FacerecError) ->
         headers["WWW-Authenticate"] = _challenge("invalid_token" if has_credentials else None)
     elif isinstance(exc, Forbidden):
         headers["WWW-Authenticate"] = _challenge("insufficient_scope")
+    elif isinstance(exc, LowQuality):
+        extra = {"quality_filter": exc.quality_filter, "failing_components": exc.failing}
     if exc.status >= 500:
         log.error("request failed: %s (%s)", exc.code, exc.detail, exc_info=exc)
     return problem_response(request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,

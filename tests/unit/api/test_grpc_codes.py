@@ -37,6 +37,7 @@ EXPECTED: dict[type[errors.FacerecError], grpc.StatusCode] = {
     errors.ImageTooLarge: S.INVALID_ARGUMENT,
     errors.NoFace: S.FAILED_PRECONDITION,
     errors.FaceNotComparable: S.FAILED_PRECONDITION,
+    errors.LowQuality: S.FAILED_PRECONDITION,
     errors.Overloaded: S.RESOURCE_EXHAUSTED,
     errors.Unavailable: S.UNAVAILABLE,
     errors.DeadlineExceeded: S.DEADLINE_EXCEEDED,

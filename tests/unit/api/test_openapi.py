@@ -146,14 +146,18 @@ def test_problem_examples_match_their_status(doc: dict[str, Any]) -> None:
             content = response.get("content", {}).get("application/problem+json")
             if content is None:
                 continue
-            (example,) = [e["value"] for e in content["examples"].values()]
-            assert example["status"] == int(status), (m, p, status)
-            problem.validate(example)
-            codes.add(example["code"])
-            if status in ("429", "503"):
-                assert example["retry_after_ms"] > 0
+            examples = [e["value"] for e in content["examples"].values()]
+            assert examples and len({e["code"] for e in examples}) == len(examples), (m, p, status)
+            for example in examples:
+                assert example["status"] == int(status), (m, p, status)
+                problem.validate(example)
+                codes.add(example["code"])
+                if status in ("429", "503"):
+                    assert example["retry_after_ms"] > 0
+                if example["code"] == "low_quality":
+                    assert example["failing_components"] == {example["field"]: ["size"]}
     assert {"invalid_field", "unauthorized", "forbidden", "not_found", "payload_too_large", "unsupported_image",
-            "unsupported_media_type", "no_face", "overloaded", "unavailable"} <= codes
+            "unsupported_media_type", "no_face", "low_quality", "overloaded", "unavailable"} <= codes
     assert "extra" not in doc["components"]["schemas"]["Problem"]["properties"]
 
 
@@ -204,3 +208,17 @@ def test_a_generated_client_type_checks(doc: dict[str, Any], tmp_path: Path) -> 
     check = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", out.name],
                            cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_documented_form_is_the_parsed_form(doc: dict[str, Any]) -> None:
+    # The multipart schema lists exactly the fields the form reader accepts (any other is refused with 400), and
+    # says so with additionalProperties: false.
+    from server.api.http.forms import KNOWN_FIELDS, REQUIRED_FIELDS
+
+    schema = doc["paths"]["/v1/compare_face"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(schema["properties"]) == set(KNOWN_FIELDS)
+    assert set(schema["required"]) == set(REQUIRED_FIELDS)
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["threshold"] | {"description": ""} == {"type": "number", "minimum": 0, "maximum": 1,
+                                                                       "description": ""}
+    assert schema["properties"]["quality_filter"]["enum"] == ["NONE", "LOW", "MEDIUM", "HIGH", "AUTO"]

@@ -30,6 +30,7 @@ STATUS_TABLE: dict[type[errors.FacerecError], int] = {
     errors.UnsupportedImage: 415,
     errors.NoFace: 422,
     errors.FaceNotComparable: 422,
+    errors.LowQuality: 422,
     errors.Overloaded: 429,
     errors.Unavailable: 503,
     errors.DeadlineExceeded: 503,

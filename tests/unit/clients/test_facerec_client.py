@@ -98,3 +98,33 @@ def test_jitter_only_lengthens_the_wait() -> None:
     err = ApiError("overloaded", "x", status=429, retry_after_s=1.0)
     policy = RetryPolicy(jitter=0.1)
     assert all(1.0 <= policy.delay(0, err) <= 1.1 for _ in range(50))
+
+
+def test_decision_settings_and_quality_components_are_parsed() -> None:
+    transport, seen = scripted(httpx.Response(200, json=COMPARE_OK))
+    with Client("http://x", "tok", transport=transport) as api:
+        result = api.compare(b"a", b"b", reference="r", threshold=0.62, quality_filter="high")
+    sent = seen[0].content
+    assert b'name="threshold"\r\n\r\n0.62\r\n' in sent and b'name="quality_filter"\r\n\r\nhigh\r\n' in sent
+    assert (result.threshold, result.quality_filter) == (COMPARE_OK["threshold"], COMPARE_OK["quality_filter"])
+    comps = result.face1.quality_components
+    assert comps is not None and comps.pose == COMPARE_OK["face1"]["quality_components"]["pose"]
+    # Without the optional fields nothing is sent: the server's defaults apply.
+    transport, seen = scripted(httpx.Response(200, json=COMPARE_OK))
+    with Client("http://x", "tok", transport=transport) as api:
+        api.compare(b"a", b"b", reference="r")
+    assert b"threshold" not in seen[0].content and b"quality_filter" not in seen[0].content
+
+
+def test_low_quality_carries_the_failing_components() -> None:
+    from facerec_client.errors import failing_from_trailer
+
+    body = problem(422, "low_quality", field="file2", quality_filter="LOW",
+                   failing_components={"file2": ["size", "sharpness"]})
+    transport, _ = scripted(body)
+    with Client("http://x", "tok", transport=transport) as api, pytest.raises(ApiError) as err:
+        api.compare(b"a", b"b", reference="r")
+    assert (err.value.code, err.value.field) == ("low_quality", "file2")
+    assert err.value.failing_components == {"file2": ("size", "sharpness")}
+    assert failing_from_trailer("file1=size;file2=pose,eyes") == {"file1": ("size",), "file2": ("pose", "eyes")}
+    assert failing_from_trailer(None) == {} and failing_from_trailer("garbage") == {}

@@ -132,3 +132,17 @@ async def test_unrelated_errors_are_not_swallowed() -> None:
     with pytest.raises(KeyError):
         async with store_sql._translated():
             raise KeyError("bug")
+
+
+def test_quality_components_round_trip_and_rows_without_them() -> None:
+    from server.domain import QualityComponents
+
+    comps = QualityComponents(size=0.5, sharpness=1.0, pose=0.25, illumination=0.9, occlusion=1 / 3, eyes=0.8,
+                              presence=1.0)
+    original = face(quality_components=comps)
+    data = face_to_json(original)
+    assert data["quality_components"] == comps.as_dict()
+    assert face_from_json(data) == original
+    # Faces stored before the components were kept come back without them, not with made-up values.
+    del data["quality_components"]
+    assert face_from_json(data).quality_components is None

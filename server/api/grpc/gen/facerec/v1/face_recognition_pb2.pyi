@@ -7,16 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CompareFacesRequest(_message.Message):
-    __slots__ = ("channel", "reference", "file1", "file2")
+    __slots__ = ("channel", "reference", "file1", "file2", "threshold", "quality_filter")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     FILE1_FIELD_NUMBER: _ClassVar[int]
     FILE2_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FILTER_FIELD_NUMBER: _ClassVar[int]
     channel: str
     reference: str
     file1: bytes
     file2: bytes
-    def __init__(self, channel: _Optional[str] = ..., reference: _Optional[str] = ..., file1: _Optional[bytes] = ..., file2: _Optional[bytes] = ...) -> None: ...
+    threshold: float
+    quality_filter: str
+    def __init__(self, channel: _Optional[str] = ..., reference: _Optional[str] = ..., file1: _Optional[bytes] = ..., file2: _Optional[bytes] = ..., threshold: _Optional[float] = ..., quality_filter: _Optional[str] = ...) -> None: ...
 
 class Point(_message.Message):
     __slots__ = ("x", "y")
@@ -26,8 +30,26 @@ class Point(_message.Message):
     y: float
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
+class QualityComponents(_message.Message):
+    __slots__ = ("size", "sharpness", "pose", "illumination", "occlusion", "eyes", "presence")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHARPNESS_FIELD_NUMBER: _ClassVar[int]
+    POSE_FIELD_NUMBER: _ClassVar[int]
+    ILLUMINATION_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
+    EYES_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_FIELD_NUMBER: _ClassVar[int]
+    size: float
+    sharpness: float
+    pose: float
+    illumination: float
+    occlusion: float
+    eyes: float
+    presence: float
+    def __init__(self, size: _Optional[float] = ..., sharpness: _Optional[float] = ..., pose: _Optional[float] = ..., illumination: _Optional[float] = ..., occlusion: _Optional[float] = ..., eyes: _Optional[float] = ..., presence: _Optional[float] = ...) -> None: ...
+
 class Face(_message.Message):
-    __slots__ = ("x1", "y1", "x2", "y2", "landmark_68", "eye_dist", "face_luminance", "face_occlusion", "face_quality", "left_eye_closed", "right_eye_closed", "mouth_opened", "pitch", "yaw", "roll", "faces_found", "detection_score", "orientation_correction")
+    __slots__ = ("x1", "y1", "x2", "y2", "landmark_68", "eye_dist", "face_luminance", "face_occlusion", "face_quality", "left_eye_closed", "right_eye_closed", "mouth_opened", "pitch", "yaw", "roll", "faces_found", "detection_score", "orientation_correction", "quality_components")
     X1_FIELD_NUMBER: _ClassVar[int]
     Y1_FIELD_NUMBER: _ClassVar[int]
     X2_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +68,7 @@ class Face(_message.Message):
     FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
     ORIENTATION_CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     x1: int
     y1: int
     x2: int
@@ -64,10 +87,11 @@ class Face(_message.Message):
     faces_found: int
     detection_score: float
     orientation_correction: int
-    def __init__(self, x1: _Optional[int] = ..., y1: _Optional[int] = ..., x2: _Optional[int] = ..., y2: _Optional[int] = ..., landmark_68: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., eye_dist: _Optional[float] = ..., face_luminance: _Optional[float] = ..., face_occlusion: _Optional[float] = ..., face_quality: _Optional[float] = ..., left_eye_closed: _Optional[float] = ..., right_eye_closed: _Optional[float] = ..., mouth_opened: _Optional[float] = ..., pitch: _Optional[float] = ..., yaw: _Optional[float] = ..., roll: _Optional[float] = ..., faces_found: _Optional[int] = ..., detection_score: _Optional[float] = ..., orientation_correction: _Optional[int] = ...) -> None: ...
+    quality_components: QualityComponents
+    def __init__(self, x1: _Optional[int] = ..., y1: _Optional[int] = ..., x2: _Optional[int] = ..., y2: _Optional[int] = ..., landmark_68: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., eye_dist: _Optional[float] = ..., face_luminance: _Optional[float] = ..., face_occlusion: _Optional[float] = ..., face_quality: _Optional[float] = ..., left_eye_closed: _Optional[float] = ..., right_eye_closed: _Optional[float] = ..., mouth_opened: _Optional[float] = ..., pitch: _Optional[float] = ..., yaw: _Optional[float] = ..., roll: _Optional[float] = ..., faces_found: _Optional[int] = ..., detection_score: _Optional[float] = ..., orientation_correction: _Optional[int] = ..., quality_components: _Optional[_Union[QualityComponents, _Mapping]] = ...) -> None: ...
 
 class CompareFacesResponse(_message.Message):
-    __slots__ = ("id", "reference", "channel", "compare_result", "compare_similarity", "created", "face1", "face2")
+    __slots__ = ("id", "reference", "channel", "compare_result", "compare_similarity", "created", "face1", "face2", "threshold", "quality_filter")
     ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +100,8 @@ class CompareFacesResponse(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     FACE1_FIELD_NUMBER: _ClassVar[int]
     FACE2_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FILTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     reference: str
     channel: str
@@ -84,10 +110,12 @@ class CompareFacesResponse(_message.Message):
     created: str
     face1: Face
     face2: Face
-    def __init__(self, id: _Optional[str] = ..., reference: _Optional[str] = ..., channel: _Optional[str] = ..., compare_result: _Optional[str] = ..., compare_similarity: _Optional[float] = ..., created: _Optional[str] = ..., face1: _Optional[_Union[Face, _Mapping]] = ..., face2: _Optional[_Union[Face, _Mapping]] = ...) -> None: ...
+    threshold: float
+    quality_filter: str
+    def __init__(self, id: _Optional[str] = ..., reference: _Optional[str] = ..., channel: _Optional[str] = ..., compare_result: _Optional[str] = ..., compare_similarity: _Optional[float] = ..., created: _Optional[str] = ..., face1: _Optional[_Union[Face, _Mapping]] = ..., face2: _Optional[_Union[Face, _Mapping]] = ..., threshold: _Optional[float] = ..., quality_filter: _Optional[str] = ...) -> None: ...
 
 class Scan(_message.Message):
-    __slots__ = ("id", "company_id", "created_date", "updated_date", "created_by_id", "updated_by_id", "elapsed_time", "compare_result", "compare_similarity", "sales_channel", "reference", "face1", "face2")
+    __slots__ = ("id", "company_id", "created_date", "updated_date", "created_by_id", "updated_by_id", "elapsed_time", "compare_result", "compare_similarity", "sales_channel", "reference", "face1", "face2", "threshold", "quality_filter")
     ID_FIELD_NUMBER: _ClassVar[int]
     COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_DATE_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +129,8 @@ class Scan(_message.Message):
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     FACE1_FIELD_NUMBER: _ClassVar[int]
     FACE2_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FILTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     company_id: str
     created_date: str
@@ -114,7 +144,9 @@ class Scan(_message.Message):
     reference: str
     face1: Face
     face2: Face
-    def __init__(self, id: _Optional[str] = ..., company_id: _Optional[str] = ..., created_date: _Optional[str] = ..., updated_date: _Optional[str] = ..., created_by_id: _Optional[str] = ..., updated_by_id: _Optional[str] = ..., elapsed_time: _Optional[float] = ..., compare_result: _Optional[str] = ..., compare_similarity: _Optional[float] = ..., sales_channel: _Optional[str] = ..., reference: _Optional[str] = ..., face1: _Optional[_Union[Face, _Mapping]] = ..., face2: _Optional[_Union[Face, _Mapping]] = ...) -> None: ...
+    threshold: float
+    quality_filter: str
+    def __init__(self, id: _Optional[str] = ..., company_id: _Optional[str] = ..., created_date: _Optional[str] = ..., updated_date: _Optional[str] = ..., created_by_id: _Optional[str] = ..., updated_by_id: _Optional[str] = ..., elapsed_time: _Optional[float] = ..., compare_result: _Optional[str] = ..., compare_similarity: _Optional[float] = ..., sales_channel: _Optional[str] = ..., reference: _Optional[str] = ..., face1: _Optional[_Union[Face, _Mapping]] = ..., face2: _Optional[_Union[Face, _Mapping]] = ..., threshold: _Optional[float] = ..., quality_filter: _Optional[str] = ...) -> None: ...
 
 class GetScanRequest(_message.Message):
     __slots__ = ("id",)
