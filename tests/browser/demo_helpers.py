@@ -53,8 +53,16 @@ def open_demo(page: Any, demo: Demo, *, token: bool = True) -> list[str]:
     page.wait_for_selector("body[data-ready=true]", state="attached")
     if token:
         page.get_by_role("button", name="Get a demo token").click()
-        page.wait_for_selector("#token-status:has-text('Demo token')")
+        wait_for_demo_token(page)
     return errors
+
+
+def wait_for_demo_token(page: Any) -> None:
+    """Until the page holds a freshly minted demo token. The success line is matched exactly: ``has-text`` is a
+    case-insensitive substring match, so "Asking the server for a demo token..." (shown while the request is in
+    flight) passed it, and a test could press Compare with the previous token (a 401 seen once under load)."""
+    page.wait_for_selector("#token-status:text-matches('^Demo token for the company')")
+    assert page.input_value("#token").count(".") == 2, page.inner_text("#token-status")
 
 
 def choose(page: Any, field: str, path: Path) -> None:
