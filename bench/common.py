@@ -196,14 +196,36 @@ def server_stats(before: Samples, after: Samples) -> dict[str, Any]:
 
 
 def cpu_seconds(pid: int | None = None) -> float | None:
-    """User + system CPU seconds of a process (all its threads) so far; this process when ``pid`` is None."""
+    """User + system CPU seconds of a process (all its threads) and its live descendants (the workers of
+    ``facerec serve --workers N``) so far; this process alone when ``pid`` is None."""
     if pid is None:
         return time.process_time()
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = None
+    for p in (pid, *descendants(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # a child that just exited
+        total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    """Live child processes of ``pid``, their children, and so on (from /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                children = [int(c) for c in (task / "children").read_text().split()]
+                out += children
+                todo += children
+    return out
 
 
 def machine_busy_seconds() -> float | None:

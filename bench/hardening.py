@@ -89,7 +89,9 @@ def serve(root: Path, **env: str) -> Iterator[Server]:
     """``facerec serve`` of ``root`` (this checkout or another one, for before/after numbers), default settings
     plus ``env``, this checkout's models; ready once ``/health/ready`` answers."""
     full_env = {"FACEREC_MODEL_REPOSITORY": str(ROOT / "model_repository"), **env}
-    with ServeProcess(env=full_env, ready_path="/health/ready", project_root=root) as proc:
+    # One process here; another checkout (a before/after run) may predate --workers: pass no flag to it.
+    workers = 1 if root == ROOT else None
+    with ServeProcess(env=full_env, ready_path="/health/ready", project_root=root, workers=workers) as proc:
         yield Server(proc)
 
 

@@ -157,3 +157,80 @@ def raw_profile(raw: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def host_workers(host: dict[str, Any], path: Path) -> Path | None:
+    """Host-bound throughput (``bench.host``: inference replayed, everything else real) against worker processes.
+
+    Left: pairs/s per core, 1000 / CPU ms per pair: flat when every worker process costs the same CPU per pair
+    (host work scales with processes). Right: pairs/s of all workers together against the linear ideal from one
+    worker; on a shared machine the gap is the cores other processes took (noted per point).
+    """
+    plt = _plt()
+    if plt is None:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    workers_seen: list[int] = []
+    for name, ds in host.get("datasets", {}).items():
+        runs = sorted((r for r in ds.get("runs", []) if r.get("store", "none") == "none"),
+                      key=lambda r: int(r["workers"]))
+        if not runs:
+            continue
+        w = [int(r["workers"]) for r in runs]
+        workers_seen += w
+        size = ds.get("image_size") or (f"{ds['megapixels_mean']:.1f} MP" if "megapixels_mean" in ds else "")
+        label = f"{name} ({size})" if size else name
+        ax1.plot(w, [r["pairs_per_s_per_core"] for r in runs], marker="o", label=label)
+        line = ax2.plot(w, [r["pairs_per_s"] for r in runs], marker="o", label=label)[0]
+        ax2.plot(w, [runs[0]["pairs_per_s"] * n / w[0] for n in w], ls=":", color=line.get_color(),
+                 label=f"{name}: linear from {w[0]} worker")
+        for r in runs:
+            other = r.get("other_cpu_cores")
+            if other is not None:
+                ax2.annotate(f"other {other:.1f} cores", (int(r["workers"]), r["pairs_per_s"]), fontsize=6,
+                             textcoords="offset points", xytext=(4, -10))
+    if not workers_seen:
+        plt.close(fig)
+        return None
+    for ax in (ax1, ax2):
+        ax.set_xticks(sorted(set(workers_seen)))
+        ax.set_xlabel("worker processes")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax1.set_ylabel("pairs / s per core (1000 / CPU ms per pair)")
+    ax1.set_title("Host bound per core")
+    ax2.set_ylabel("pairs / s, all workers")
+    ax2.set_title("Host bound, all workers together")
+    machine = host.get("machine", {})
+    fig.suptitle(f"bench.host: inference replayed ({machine.get('cores', '?')} cores, {machine.get('date', '')[:10]})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.plots host [HOST_JSON] [OUT_PNG]``: redraw the host-bound plot from bench.host's JSON."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "host":
+        print("usage: python -m bench.plots host [bench/results/host.json] [bench/results/host_workers.png]",
+              file=sys.stderr)
+        return 2
+    results = Path(__file__).resolve().parent / "results"
+    src = Path(args[1]) if len(args) > 1 else results / "host.json"
+    out = Path(args[2]) if len(args) > 2 else results / "host_workers.png"
+    written = host_workers(json.loads(src.read_text()), out)
+    if written is None:
+        print("no plot: matplotlib missing (bench extra) or no runs in the file", file=sys.stderr)
+        return 1
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

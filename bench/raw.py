@@ -126,7 +126,8 @@ class RawBench:
         s = self.settings
         self.limits = DecodeLimits(s.max_image_pixels, s.min_image_side, s.max_image_side)
         self.backend = await asyncio.to_thread(OnnxRuntimeBackend, s.model_repository, device=s.device,
-                                               intra_threads=s.ort_intra_threads, inter_threads=s.ort_inter_threads)
+                                               intra_threads=s.ort_intra_threads, inter_threads=s.ort_inter_threads,
+                                               precision=s.precision)
         self.pipe = FacePipeline(TimingRunner(self.backend, self.timer),
                                  {m: self.backend.spec(m) for m in MODEL_NAMES}, pipeline_config(s),
                                  ScoreCalibration())

@@ -123,6 +123,8 @@ def _serve_settings(args: argparse.Namespace, settings: Settings) -> Settings:
         changes["port"] = args.port
     if args.grpc_port is not None:
         changes["grpc_port"] = args.grpc_port
+    if args.workers is not None:
+        changes["workers"] = args.workers
     return settings.replace(**changes)
 
 
@@ -170,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{defaults['port'].default})")
     s.add_argument("--grpc-port", type=int, help=f"gRPC port, 0 disables gRPC (default: FACEREC_GRPC_PORT or "
                    f"{defaults['grpc_port'].default})")
+    s.add_argument("--workers", type=int, help="serving processes on the same ports, 0 = auto: 1 per 2 cores on CPU, "
+                   "1 on CUDA, 1 per core with Triton (default: FACEREC_WORKERS or "
+                   f"{defaults['workers'].default})")
     s.add_argument("--check", action="store_true",
                    help="validate the settings, print the effective ones (secrets masked) and exit")
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
@@ -15,6 +16,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, Tag
+from litestar.types import BeforeMessageSendHookHandler
 
 from server.api.http import (
     EXCEPTION_HANDLERS,
@@ -35,6 +37,9 @@ from server.runtime import Runtime
 from server.service import ScanService
 from server.settings import Settings
 from server.store import ScanStore
+
+if TYPE_CHECKING:
+    from server.group import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +77,10 @@ def stop_grpc(app: Litestar) -> asyncio.Future[None] | None:
     return stopping
 
 
-def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
+def _lifespan(settings: Settings, runtime: Runtime | None, worker: WorkerSlot | None) -> Lifespan:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        rt = runtime or await Runtime.start(settings)
+        rt = runtime or await Runtime.start(settings, worker=worker)
         service = ScanService(rt)
         app.state.runtime, app.state.service = rt, service
         grpc_server = None
@@ -86,7 +91,10 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
                 # Imported here: gRPC is optional at run time and its generated code is heavy to import.
                 from server.api.grpc.server import start_grpc_server
 
-                grpc_server = await start_grpc_server(rt, service, settings.host, settings.grpc_port)
+                # A worker of a group binds the shared gRPC port itself (SO_REUSEPORT; grpc.aio cannot serve a
+                # socket bound elsewhere) and names itself in every response's initial metadata.
+                grpc_server = await start_grpc_server(rt, service, settings.host, settings.grpc_port,
+                                                      reuse_port=worker is not None, metadata=_worker_metadata(worker))
                 app.state.grpc_server = grpc_server
             if settings.retention_days:
                 retention = asyncio.create_task(purge_forever(rt.store, settings.retention_days),
@@ -107,10 +115,28 @@ def _lifespan(settings: Settings, runtime: Runtime | None) -> Lifespan:
     return lifespan
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool = False) -> Litestar:
+def _worker_metadata(worker: WorkerSlot | None) -> tuple[tuple[str, str], ...]:
+    if worker is None:
+        return ()
+    from server.group import WORKER_HEADER
+
+    return ((WORKER_HEADER, str(worker.index)),)
+
+
+def _worker_hooks(worker: WorkerSlot | None) -> list[BeforeMessageSendHookHandler]:
+    if worker is None:
+        return []
+    from server.group import worker_header
+
+    return [worker_header(worker.index)]
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool = False,
+               worker: WorkerSlot | None = None) -> Litestar:
     """The HTTP app. Without ``runtime`` the lifespan starts and closes one; ``grpc`` also serves gRPC.
 
     A passed runtime is usable at once (even without running the lifespan, as with httpx's ASGITransport).
+    ``worker``: the app runs in worker ``worker.index`` of ``facerec serve --workers N``.
     """
     state: dict[str, object] = {"settings": settings, "serve_grpc": grpc}
     if runtime is not None:
@@ -123,12 +149,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, grpc: bool
     demo = demo_router(settings)  # /demo, when FACEREC_DEMO allows it
     app = Litestar(
         route_handlers=[*ROUTE_HANDLERS, *([demo] if demo is not None else [])],
-        lifespan=[_lifespan(settings, runtime)],
+        lifespan=[_lifespan(settings, runtime, worker)],
         dependencies={"principal": Provide(provide_principal),
                       "service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[CancelOnDisconnect(COMPARE_PATHS)],
-        before_send=[add_security_headers],
+        before_send=[add_security_headers, *_worker_hooks(worker)],
         request_max_body_size=settings.max_request_bytes,
         cors_config=cors,
         openapi_config=OpenAPIConfig(

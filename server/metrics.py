@@ -66,7 +66,9 @@ class Metrics:
             buckets=_SHORT_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("facerec_queue_depth", "Items waiting for a batch.", ["model"], registry=r)
+        # livesum: with `--workers N` the exported value is the sum over the live workers (no per-pid series).
+        self.queue_depth = Gauge("facerec_queue_depth", "Items waiting for a batch.", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
         self.batch_items = Counter(
             "facerec_batch_items_total",
             "Items sent to inference, by the transport that submitted them.",
@@ -86,7 +88,8 @@ class Metrics:
             registry=r,
         )
         self.requests_in_flight = Gauge(
-            "facerec_requests_in_flight", "Compare requests admitted and not yet finished.", registry=r
+            "facerec_requests_in_flight", "Compare requests admitted and not yet finished.", registry=r,
+            multiprocess_mode="livesum",
         )
         self.rows_dropped = Counter(
             "facerec_rows_dropped_total",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.analysis.calibration import ScoreCalibration
 from server.auth import LocalIssuer, TokenVerifier
 from server.errors import Unavailable
 from server.files import ensure_private_dir
+from server.group import WorkerGroup, WorkerSlot
 from server.inference.admission import AdmissionGate, auto_max_in_flight
 from server.inference.backend import MODEL_NAMES, InferenceBackend
 from server.inference.batched import BatchedRunner
@@ -60,12 +62,19 @@ class Runtime:
     local_issuer: LocalIssuer | None
     decode_budget: MemoryBudget
     _closed: bool = field(default=False)
+    group: WorkerGroup | None = None  # set in a worker of `facerec serve --workers N`
 
     @classmethod
     async def start(cls, settings: Settings, *, backend: InferenceBackend | None = None,
-                    store: ScanStore | None = None, metrics: Metrics | None = None) -> Runtime:
-        """Load models, open the store (migrating it) and start the batchers."""
-        metrics = metrics or Metrics()
+                    store: ScanStore | None = None, metrics: Metrics | None = None,
+                    worker: WorkerSlot | None = None) -> Runtime:
+        """Load models, open the store (migrating it) and start the batchers.
+
+        ``worker``: this process is one worker of a group (``--workers N``): its metrics are exported over the
+        whole group and its readiness counts every worker's.
+        """
+        group = WorkerGroup(worker) if worker is not None else None
+        metrics = metrics or (group.metrics() if group is not None else Metrics())
         ensure_private_dir(settings.data_dir)
         local_issuer = LocalIssuer.load_or_create(settings.data_dir) if settings.local_issuer else None
         verifier = TokenVerifier.from_settings(settings, local_issuer)
@@ -85,14 +94,38 @@ class Runtime:
         log.info("runtime ready: %s, store %s, at most %d requests in flight, decode memory %d MB",
                  backend.description, type(store).__name__, limit, settings.decode_memory_mb)
         budget = MemoryBudget(settings.decode_memory_mb * MB, metrics)
-        return cls(settings, metrics, backend, admission, runner, pipeline, store, verifier, local_issuer, budget)
+        rt = cls(settings, metrics, backend, admission, runner, pipeline, store, verifier, local_issuer, budget,
+                 group=group)
+        if group is not None:
+            group.start(rt.local_readiness_report)
+        return rt
 
     async def readiness(self) -> dict[str, bool]:
         """Component health for /health/ready and gRPC health."""
         return (await self.readiness_report())[0]
 
     async def readiness_report(self) -> tuple[dict[str, bool], dict[str, str]]:
-        """Component health and, for each failing component, why (safe to show: no paths, no SQL)."""
+        """Component health and, for each failing component, why (safe to show: no paths, no SQL).
+
+        In a worker of a group, component ``workers`` says whether every worker of the group is ready too.
+        """
+        components, reasons = await self.local_readiness_report()
+        if self.group is not None:
+            ok, why, _ = self.group.report(all(components.values()))
+            components["workers"] = ok
+            if why:
+                reasons["workers"] = why
+        return components, reasons
+
+    def worker_states(self) -> list[dict[str, Any]] | None:
+        """One ``{worker, pid, ready}`` entry per worker of the group (None in a single process)."""
+        if self.group is None:
+            return None
+        own = self.group.statuses().get(self.group.slot.index)
+        return self.group.report(own is not None and own.ready)[2]
+
+    async def local_readiness_report(self) -> tuple[dict[str, bool], dict[str, str]]:
+        """This process's own component health (what a worker publishes to its group)."""
         reasons: dict[str, str] = {}
         try:
             models = await self.backend.ready()
@@ -117,6 +150,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self.group is not None:
+            await self.group.aclose()
         await self.runner.aclose()
         await self.store.close()
         await self.backend.aclose()

@@ -8,6 +8,7 @@ import math
 import socket
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 from litestar import Litestar
@@ -18,6 +19,10 @@ from server.app import create_app, stop_grpc
 from server.logs import TEXT_FORMAT, configure_logging
 from server.memory import limit_arenas, map_large_blocks
 from server.settings import Settings
+from server.topology import worker_count
+
+if TYPE_CHECKING:
+    from server.group import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +79,29 @@ def hardened_uvicorn_options(settings: Settings) -> dict[str, object]:
     return {"http": guarded_protocol(HttpLimits.from_settings(settings)), "ws": "none"}
 
 
-def serve(settings: Settings) -> int:
-    """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status."""
+def announce(settings: Settings, workers: int = 1) -> None:
+    """Where the server listens (and how to get a token), on stdout."""
+    hint = token_hint(settings)
+    if hint:
+        print(hint, flush=True)
+    grpc_note = f", gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port > 0 else ""
+    workers_note = f", {workers} worker processes" if workers > 1 else ""
+    print(f"facerec: HTTP on http://{settings.host}:{settings.port} "
+          f"(docs at /schema, OpenAPI at /schema/openapi.json){grpc_note}{workers_note}",
+          flush=True)
+
+
+def serve(settings: Settings, *, worker: WorkerSlot | None = None,
+          sockets: list[socket.socket] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM (in-flight requests get shutdown_grace_s to finish); the exit status.
+
+    With more than one worker (FACEREC_WORKERS), this process becomes their supervisor (server/workers.py); each
+    worker comes back here with its ``worker`` slot and the supervisor's HTTP socket in ``sockets``.
+    """
+    if worker is None and (count := worker_count(settings)) > 1:
+        from server.workers import supervise
+
+        return supervise(settings, count)
     limit_arenas()  # before the thread pools exist: arenas are created per thread
     map_large_blocks()  # decoded images go back to the OS when freed (the decode memory budget counts on it)
     configure_logging(settings.log_level, settings.log_format)
@@ -84,7 +110,7 @@ def serve(settings: Settings) -> int:
     except RuntimeError as exc:  # FACEREC_TRACING asks for OpenTelemetry, which is not installed
         print(f"facerec: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, grpc=True)
+    app = create_app(settings, grpc=True, worker=worker)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port,
         server_header=False,  # no banner revealing the server software
@@ -97,15 +123,10 @@ def serve(settings: Settings) -> int:
         **hardened_uvicorn_options(settings),  # type: ignore[arg-type]
     )
     server = _Server(config, app)
-    hint = token_hint(settings)
-    if hint:
-        print(hint, flush=True)
-    grpc_note = f", gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port > 0 else ""
-    print(f"facerec: HTTP on http://{settings.host}:{settings.port} "
-          f"(docs at /schema, OpenAPI at /schema/openapi.json){grpc_note}",
-          flush=True)
+    if worker is None:  # a supervisor says it once for all its workers
+        announce(settings)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit as exc:  # uvicorn exits 3 when the lifespan (models, store, gRPC port) fails to start
         return exc.code if isinstance(exc.code, int) else 1
     return 0 if server.started else 1

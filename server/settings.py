@@ -104,6 +104,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 50051
+    workers: int = 0  # serving processes on the ports; 0 -> auto: 1 per 2 cores on CPU, 1 on CUDA, 1 per core on Triton
     log_level: str = "INFO"
     log_format: LogFormat = "text"  # json: one JSON object per line (timestamp, level, logger, request_id, ...)
     tracing: Tracing = "off"  # otlp / console need the `otel` extra; OTEL_* variables configure the exporter
@@ -307,6 +308,7 @@ CHECKS: dict[str, Check] = {
     "auth_max_ttl_s": at_least(60),
     "port": port(),
     "grpc_port": port(zero="disables gRPC"),
+    "workers": between(0, 256),
     "log_level": one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", case=False),
     "shutdown_grace_s": at_least(0),
 }

@@ -29,18 +29,24 @@ class ServeProcess:
     """``facerec serve`` on free loopback ports with a data directory of its own (a temporary one by default).
 
     ``start()`` waits (bounded) until ``ready_path`` answers 200: ``/health/live`` once the process serves,
-    ``/health/ready`` once its models and store are up too. The store is always the data directory's SQLite file
-    (``FACEREC_DATABASE_URL`` is not inherited); ``env`` adds or overrides ``FACEREC_*`` variables.
-    ``project_root`` is the checkout whose server runs (this one by default; a benchmark may compare another).
+    ``/health/ready`` once its models and store are up too (with several workers: all of them). The store is always
+    the data directory's SQLite file (``FACEREC_DATABASE_URL`` is not inherited); ``env`` adds or overrides
+    ``FACEREC_*`` variables. ``workers``: worker processes (``facerec serve --workers``); 1 by default, so a test
+    serves one process whatever the machine's core count would make of the automatic setting; None leaves it to
+    ``FACEREC_WORKERS`` or that automatic setting (and passes no flag: use None for a checkout that predates
+    ``--workers``). ``project_root`` is the checkout whose server runs (this one by default; a benchmark may compare
+    another).
     """
 
     def __init__(self, data_dir: Path | None = None, *, env: Mapping[str, str] | None = None, grpc: bool = True,
-                 ready_path: str = "/health/live", project_root: Path = PROJECT_ROOT) -> None:
+                 ready_path: str = "/health/live", workers: int | None = 1,
+                 project_root: Path = PROJECT_ROOT) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="facerec-serve-") if data_dir is None else None
         self.data_dir = data_dir if data_dir is not None else Path(self._tmp.name) / "data"  # type: ignore[union-attr]
         self.ready_path = ready_path
         self.project_root = project_root
         self.port, self.grpc_port = free_port(), (free_port() if grpc else 0)
+        self.workers = workers
         self.env = {**os.environ, "FACEREC_DATA_DIR": str(self.data_dir), "FACEREC_LOG_LEVEL": "INFO", **(env or {})}
         self.env.pop("FACEREC_DATABASE_URL", None)
         self.log_path = self.data_dir.parent / f"serve-{self.port}.log"
@@ -58,6 +64,8 @@ class ServeProcess:
         """Start the process and wait until it answers ``ready_path``; raise with its log when it cannot."""
         cmd = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--grpc-port", str(self.grpc_port)]
+        if self.workers is not None:
+            cmd += ["--workers", str(self.workers)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,

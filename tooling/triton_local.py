@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -124,11 +126,21 @@ def find_binary() -> TritonBinary:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """One model's dynamic batching in Triton: batches of a preferred size go at once, others wait up to the
+    delay for company."""
+
+    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
 def render_python_config(spec: ModelSpec, onnx_path: Path, *, max_queue_delay_us: int = 2000,
-                         intra_op_threads: int = 0) -> str:
+                         intra_op_threads: int = 0, preferred_batch_sizes: tuple[int, ...] = ()) -> str:
     """config.pbtxt of a Python-backend model: ``spec``'s tensors, dynamic batching, one CPU instance."""
     parameters = {"onnx_path": str(onnx_path.resolve()), "intra_op_threads": str(intra_op_threads)}
-    return render_config(python_config(spec, parameters, max_queue_delay_us=max_queue_delay_us))
+    return render_config(python_config(spec, parameters, max_queue_delay_us=max_queue_delay_us,
+                                       preferred_batch_sizes=preferred_batch_sizes))
 
 
 def render_model_py(site_packages: list[str]) -> str:
@@ -143,17 +155,22 @@ def site_packages() -> list[str]:
 
 
 def build_python_repository(source: Path, target: Path, *, models: tuple[str, ...] = MODEL_NAMES,
-                            max_queue_delay_us: int = 2000, intra_op_threads: int = 0) -> None:
-    """Write ``target/<model>/{config.pbtxt,1/model.py}`` serving ``source/<model>/1/model.onnx`` in place."""
+                            max_queue_delay_us: int = 2000, intra_op_threads: int = 0,
+                            batching: Mapping[str, Batching] | None = None) -> None:
+    """Write ``target/<model>/{config.pbtxt,1/model.py}`` serving ``source/<model>/1/model.onnx`` in place.
+
+    ``batching`` overrides the dynamic batching of some models (the others wait ``max_queue_delay_us``).
+    """
     model_py = render_model_py(site_packages())
     for name in models:
         onnx = source / name / "1" / "model.onnx"
         if not onnx.is_file():
             raise TritonUnavailableError(f"{onnx} is missing: run `facerec models` (make models)")
+        b = (batching or {}).get(name, Batching(max_queue_delay_us))
         (target / name / "1").mkdir(parents=True, exist_ok=True)
         (target / name / CONFIG_NAME).write_text(
-            render_python_config(load_spec(source, name), onnx, max_queue_delay_us=max_queue_delay_us,
-                                 intra_op_threads=intra_op_threads))
+            render_python_config(load_spec(source, name), onnx, max_queue_delay_us=b.max_queue_delay_us,
+                                 intra_op_threads=intra_op_threads, preferred_batch_sizes=b.preferred_batch_sizes))
         (target / name / "1" / "model.py").write_text(model_py)
 
 
@@ -166,10 +183,11 @@ class LocalTriton:
 
     def __init__(self, repository: Path, *, models: tuple[str, ...] = MODEL_NAMES,
                  max_queue_delay_us: int = 2000, intra_op_threads: int = 0,
-                 start_timeout_s: float = 60.0) -> None:
+                 start_timeout_s: float = 60.0, batching: Mapping[str, Batching] | None = None) -> None:
         self.repository = repository
         self.models = models
         self.max_queue_delay_us = max_queue_delay_us
+        self.batching = dict(batching or {})
         self.intra_op_threads = intra_op_threads
         self.start_timeout_s = start_timeout_s
         self.grpc_port = self.http_port = self.metrics_port = 0
@@ -212,7 +230,7 @@ class LocalTriton:
         repo, backends = work / "models", work / "backends"
         build_python_repository(self.repository, repo, models=self.models,
                                 max_queue_delay_us=self.max_queue_delay_us,
-                                intra_op_threads=self.intra_op_threads)
+                                intra_op_threads=self.intra_op_threads, batching=self.batching)
         # The Python backend looks for its stub beside libtriton_python.so; pytriton ships the stubs apart.
         shutil.copytree(binary.backend_dir, backends / "python")
         shutil.copy2(binary.stub, backends / "python" / "triton_python_backend_stub")
@@ -252,6 +270,15 @@ class LocalTriton:
             time.sleep(0.2)  # a child process's start-up has no event to wait on; poll its health endpoint
         raise TritonUnavailableError(
             f"tritonserver not ready within {self.start_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def model_stats(self, model: str) -> dict[str, int]:
+        """Triton's own counters of ``model``: ``requests`` (successful inference requests), ``inferences``
+        (rows) and ``executions`` (batches run), from its statistics extension."""
+        with urllib.request.urlopen(f"{self.http_url}/v2/models/{model}/stats", timeout=5.0) as r:
+            entry = json.loads(r.read())["model_stats"][0]
+        return {"requests": int(entry["inference_stats"]["success"]["count"]),
+                "inferences": int(entry.get("inference_count", 0)),
+                "executions": int(entry.get("execution_count", 0))}
 
     def models_ready(self) -> bool:
         """True when the server answers and every model is ready (HTTP health API)."""

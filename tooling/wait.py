@@ -28,3 +28,12 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], *, within_
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {within_s:.1f} s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+def wait_for(predicate: Callable[[], bool], *, within_s: float, what: str, interval_s: float = INTERVAL_S) -> None:
+    """:func:`wait_until` for synchronous callers (a plain predicate, a blocking sleep between polls)."""
+    end = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {within_s:.1f} s waiting for {what}")
+        time.sleep(interval_s)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from types import TracebackType
 
@@ -15,6 +14,7 @@ from server import errors
 from server.inference.factory import on_accelerator
 from server.metrics import Metrics
 from server.settings import Settings
+from server.topology import available_cores, worker_share
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +34,11 @@ INITIAL_SERVICE_S = 1.0
 EMA_WEIGHT = 0.2
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, so `taskset` and container cpusets count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def auto_max_in_flight(settings: Settings) -> int:
-    """Requests in flight when FACEREC_MAX_IN_FLIGHT is 0: 256 on an accelerator, 32 per core on CPU."""
-    if on_accelerator(settings):
-        return ACCELERATOR_IN_FLIGHT
-    return CPU_IN_FLIGHT_PER_CORE * available_cores()
+    """Requests in flight when FACEREC_MAX_IN_FLIGHT is 0: 256 on an accelerator, 32 per core on CPU, for the
+    node; with ``--workers N`` each worker admits its 1/N share (the kernel spreads connections over them)."""
+    total = ACCELERATOR_IN_FLIGHT if on_accelerator(settings) else CPU_IN_FLIGHT_PER_CORE * available_cores()
+    return worker_share(total, settings)
 
 
 class AdmissionGate:

@@ -37,11 +37,12 @@ async def create_backend(settings: Settings) -> InferenceBackend:
 
         return await TritonBackend.connect(settings.triton_url)
     from server.inference.onnxrt import OnnxRuntimeBackend
+    from server.topology import worker_cores  # imported here: topology builds on this module
 
     return await asyncio.to_thread(
         OnnxRuntimeBackend, settings.model_repository, device=settings.device,
         intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
-        precision=settings.precision)
+        precision=settings.precision, cores=worker_cores(settings))
 
 
 async def backend_or_pending(settings: Settings) -> InferenceBackend:

@@ -68,9 +68,10 @@ def onnx_config(spec: ModelSpec, *, preferred_batch_sizes: tuple[int, ...] = (),
 
 
 def python_config(spec: ModelSpec, parameters: Mapping[str, str], *,
-                  max_queue_delay_us: int = 2000) -> mc.ModelConfig:
+                  max_queue_delay_us: int = 2000, preferred_batch_sizes: tuple[int, ...] = ()) -> mc.ModelConfig:
     """Config of a Python-backend model: ``spec``'s tensors, dynamic batching, one CPU instance."""
     config = _with_tensors(mc.ModelConfig(backend="python"), spec)
+    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     for key, value in parameters.items():

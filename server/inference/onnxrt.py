@@ -40,16 +40,17 @@ def choose_providers(device: Device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def auto_intra_threads(sessions: int, providers: list[str]) -> int:
+def auto_intra_threads(sessions: int, providers: list[str], cores: int | None = None) -> int:
     """Threads per session when none are configured: the cores shared out between the sessions.
 
     The three models run concurrently (one worker each), so giving every session a pool of all cores makes
     3x oversubscribed, spinning pools: on 2 cores that cut server throughput by 40 % (bench/README.md). On CUDA the
-    CPU threads only feed the GPU, so one is plenty.
+    CPU threads only feed the GPU, so one is plenty. ``cores``: this process's share of the machine (a worker of
+    ``facerec serve --workers N`` gets 1/N of it); None means every core.
     """
     if providers[0] == "CUDAExecutionProvider":
         return 1
-    return max(1, (os.cpu_count() or 1) // max(sessions, 1))
+    return max(1, (cores or os.cpu_count() or 1) // max(sessions, 1))
 
 
 class OnnxRuntimeBackend:
@@ -61,7 +62,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, repository: Path, *, device: Device = "auto", intra_threads: int = 0,
                  inter_threads: int = 1, models: tuple[str, ...] = MODEL_NAMES,
-                 precision: Precision = "auto") -> None:
+                 precision: Precision = "auto", cores: int | None = None) -> None:
         self._specs: dict[str, ModelSpec] = {}
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._files: dict[str, Path] = {}
@@ -79,7 +80,7 @@ class OnnxRuntimeBackend:
                 log.error("model %s: %s is missing", name, path)
                 raise Unavailable(f"model {name!r} ({path.name}) is missing: run `facerec models` (make models)")
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = intra_threads or auto_intra_threads(len(models), providers)
+            opts.intra_op_num_threads = intra_threads or auto_intra_threads(len(models), providers, cores)
             opts.inter_op_num_threads = inter_threads
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:

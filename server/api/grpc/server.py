@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -68,6 +70,28 @@ async def _refresh_forever(runtime: Runtime, health: HealthServicer, every_s: fl
         await refresh_health(runtime, health)
 
 
+class InitialMetadata(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Sends fixed initial metadata (e.g. which worker of a group answers) with every unary-unary response."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        metadata = self.metadata
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.send_initial_metadata(metadata)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -80,21 +104,29 @@ async def start_grpc_server(
     *,
     health_refresh_s: float = HEALTH_REFRESH_S,
     max_pending_auth: int = MAX_PENDING_AUTH,
+    reuse_port: bool = False,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> GrpcServer:
     """Serve FaceRecognition, health and reflection on ``host:port`` (port 0 binds an ephemeral port).
 
     Runs on the caller's event loop, so it shares the runtime's batchers with the HTTP server. The bound
     port is ``result.port``; stop with ``await result.stop(grace)``. Calls are authenticated from their metadata
-    before their message is read (at most ``max_pending_auth`` waiting at once).
+    before their message is read (at most ``max_pending_auth`` waiting at once). ``reuse_port``: the workers of
+    ``facerec serve --workers N`` each bind the same port (the kernel spreads connections over them);
+    ``metadata`` goes out as initial metadata with every unary response.
     """
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthBeforeMessage(runtime, max_pending_auth)]
+    if metadata:
+        interceptors.append(InitialMetadata(metadata))
     server = grpc.aio.server(
-        interceptors=[AuthBeforeMessage(runtime, max_pending_auth)],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", runtime.settings.max_request_bytes + MESSAGE_HEADROOM),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
             # grpc enables SO_REUSEPORT by default: a second process could then share a busy port silently.
-            ("grpc.so_reuseport", 0),
-        ]
+            # Only a worker group asks for it (its supervisor checked that the port was free first).
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
     )
     # Not the generated helper: its deserializers turn a malformed message into UNKNOWN with parser internals.
     add_servicer(FaceRecognitionServicer(runtime, service), server)

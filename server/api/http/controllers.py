@@ -123,11 +123,15 @@ class HealthController(Controller):
     @get("/health/ready", summary="Models loaded and the store answering (503 otherwise)",
          responses=READY_RESPONSES, operation_id="getReadiness")
     async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        components, reasons = await request.app.state.runtime.readiness_report()
+        runtime = request.app.state.runtime
+        components, reasons = await runtime.readiness_report()
         ok = all(components.values())
         body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "components": components}
         if reasons:
             body["reasons"] = reasons  # why each failing component fails (no paths, no SQL)
+        workers = runtime.worker_states()
+        if workers is not None:  # `--workers N`: each worker's pid and readiness
+            body["workers"] = workers
         return Response(body, status_code=200 if ok else 503)
 
     @head("/health/ready", summary="Readiness as a status code only (200 or 503)", operation_id="headReadiness",
