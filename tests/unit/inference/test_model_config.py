@@ -9,6 +9,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from server.inference.backend import MODEL_NAMES, ModelSpec, TensorSpec
 from server.inference.model_config import (
+    MAX_CONCURRENT_TRITON_CALLS,
+    TritonServing,
     load_spec,
     onnx_config,
     parse_config,
@@ -27,7 +29,7 @@ SPEC = ModelSpec(
 
 
 def test_onnx_config_round_trips_through_text() -> None:
-    config = onnx_config(SPEC, preferred_batch_sizes=(4, 8), max_queue_delay_us=750)
+    config = onnx_config(SPEC, TritonServing(preferred_batch_sizes=(4, 8), max_queue_delay_us=750))
     text = render_config(config)
     back = parse_config(text)
     assert back == config
@@ -55,7 +57,8 @@ dynamic_batching { max_queue_delay_microseconds: 2000 }
 
 
 def test_python_config_carries_string_parameters() -> None:
-    config = python_config(SPEC, {"onnx_path": '/a dir/with "quotes"/model.onnx'}, max_queue_delay_us=10)
+    config = python_config(SPEC, {"onnx_path": '/a dir/with "quotes"/model.onnx'},
+                           TritonServing(max_queue_delay_us=10))
     back = parse_config(render_config(config))
     assert back.backend == "python"
     assert back.parameters["onnx_path"].string_value == '/a dir/with "quotes"/model.onnx'
@@ -95,3 +98,33 @@ def test_read_config_names_the_file(tmp_path: Path) -> None:
 def test_committed_configs_load(model: str) -> None:
     spec = load_spec(PROJECT_ROOT / "model_repository", model)
     assert spec.name == model and spec.inputs and spec.outputs
+
+
+def test_triton_queue_is_bounded_and_deadlines_can_reject_queued_work() -> None:
+    policy = onnx_config(SPEC).dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == TritonServing().max_queue_size > 0
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    # The bound is a memory limit admitted work cannot reach: every API worker keeps at most
+    # MAX_CONCURRENT_TRITON_CALLS calls per model in flight, so it holds 256 workers' worth.
+    assert policy.max_queue_size >= 256 * MAX_CONCURRENT_TRITON_CALLS
+
+
+def test_models_are_warmed_at_load_with_concrete_shapes() -> None:
+    config = onnx_config(SPEC, TritonServing(warmup_batch_sizes=(1, 16), warmup_side=320))
+    warm = {w.name: w for w in config.model_warmup}
+    assert sorted(warm) == ["zeros_batch_1", "zeros_batch_16"]
+    assert warm["zeros_batch_16"].batch_size == 16
+    entry = warm["zeros_batch_1"].inputs["input"]
+    assert list(entry.dims) == [3, 320, 320] and entry.zero_data and entry.data_type == mc.TYPE_FP32
+    # The Python backend of the local Triton gets the same warm-up and queue policy.
+    local = python_config(SPEC, {}, TritonServing(warmup_batch_sizes=(1, 16), warmup_side=320))
+    assert list(local.model_warmup) == list(config.model_warmup)
+    assert local.dynamic_batching.default_queue_policy == config.dynamic_batching.default_queue_policy
+
+
+def test_tensorrt_fp16_is_opt_in() -> None:
+    assert not onnx_config(SPEC).HasField("optimization")
+    config = parse_config(render_config(onnx_config(SPEC, TritonServing(tensorrt_fp16=True))))
+    (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and dict(trt.parameters) == {"precision_mode": "FP16"}
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_AUTO]

