@@ -264,7 +264,10 @@ async def test_ready_only_while_every_worker_reports_ready(group: ServeProcess) 
     pids = worker_pids(group)
     channels = channels_per_worker(group)
     try:
-        assert grpc_health(channels[0]) == health_pb2.HealthCheckResponse.SERVING
+        # gRPC health follows the group's readiness on a 5 s refresh, so right after the group starts (this test
+        # may run first: the order is shuffled) it can still say NOT_SERVING: wait for SERVING, don't assume it.
+        await wait_until(lambda: grpc_health(channels[0]) == health_pb2.HealthCheckResponse.SERVING,
+                         within_s=STALE_WAIT_S, what="gRPC health SERVING with both workers running")
         with paused(pids[1]):
             # Worker 0 alone answers now; it must see worker 1 go silent.
             async def not_ready() -> bool:
