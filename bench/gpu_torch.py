@@ -24,13 +24,12 @@ import argparse
 import contextlib
 import importlib
 import io
-import json
 import math
 import statistics
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
