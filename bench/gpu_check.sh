@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check in one command, for a CUDA machine (e.g. 1 x H200, 16 cores), in under 8 minutes:
 #   bash bench/gpu_check.sh [--out DIR] [--dry-run] [--budget-s S] [-- extra arguments of python -m bench.gpu_check]
-# 1. a Python environment: $FACEREC_PYTHON, else the project's .venv, else the image's python3 with the project's
+# 1. a Python environment: $GPU_CHECK_PYTHON, else the project's .venv, else the image's python3 with the project's
 #    other dependencies installed beside it (pip --target /tmp/facerec-gpu-site, on PYTHONPATH) from the wheelhouse
 #    .whl/ when present (offline machines; bench/gpu_prepare.sh fills it), else from the package index;
 # 2. onnxruntime with the CUDA execution provider: kept when already there, else onnxruntime-gpu for the driver's
@@ -17,6 +17,7 @@
 #    onnxruntime is the CPU build; onnxruntime-gpu is too large to carry), serving and the raw pipeline run on the
 #    CPU provider with lighter bounds, and the GPU numbers come from PyTorch.
 # --dry-run: no install, CPU, tiny bounds (tests/integration/test_gpu_check.py runs it). Every step has a time limit.
+# Its own variables are GPU_CHECK_*: facerec refuses FACEREC_* names it does not know (and its servers inherit these).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
@@ -56,8 +57,8 @@ log "driver CUDA version (major): ${CUDA_MAJOR:-none}"
 # ---------------------------------------------------------------- 1. Python environment
 importable() { "$1" -c "import litestar, msgspec, uvicorn, grpc, sqlalchemy, onnxruntime, server.serving" >/dev/null 2>&1; }
 PY=""
-if [ -n "${FACEREC_PYTHON:-}" ] && importable "$FACEREC_PYTHON"; then
-  PY=$FACEREC_PYTHON
+if [ -n "${GPU_CHECK_PYTHON:-}" ] && importable "$GPU_CHECK_PYTHON"; then
+  PY=$GPU_CHECK_PYTHON
 elif [ -x .venv/bin/python ] && importable .venv/bin/python; then
   PY=$ROOT/.venv/bin/python
 elif [ "$DRY" = 1 ]; then
@@ -66,8 +67,8 @@ else
   # The image's own Python (on the device: a venv holding PyTorch, numpy, onnxruntime, OpenCV, ...) with the
   # project's other dependencies installed beside it with --target: a venv made from that Python would see the
   # base interpreter's site packages, not that venv's.
-  BASE_PY=${FACEREC_BASE_PYTHON:-python3}
-  SITE=${FACEREC_GPU_SITE:-/tmp/facerec-gpu-site}
+  BASE_PY=${GPU_CHECK_BASE_PYTHON:-python3}
+  SITE=${GPU_CHECK_SITE:-/tmp/facerec-gpu-site}
   PIP=("$BASE_PY" -m pip --disable-pip-version-check --retries 0 --timeout 15)
   if compgen -G ".whl/*.whl" >/dev/null; then
     log "installing the project's dependencies from the wheelhouse .whl/ into $SITE (offline)"

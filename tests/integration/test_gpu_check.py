@@ -155,9 +155,10 @@ def test_host_command_follows_the_options_bench_host_has() -> None:
     out, pairs = Path("/o/host.json"), Path("bench/gpu_data/pairs.csv")
     full = "usage: [--only ONLY] [--workers WORKERS] [--lfw-pairs N] [--lfw LFW] [--out OUT]"
     assert host_command(full, "1,2,16", pairs, out) == ["--workers", "1,2,16", "--only", "lfw", "--lfw",
-                                                        str(pairs), "--out", str(out)]
+                                                        str(pairs), "--lfw-pairs", "400", "--out", str(out)]
     # --lfw-pairs alone is not --lfw; no --out: the printed table is what comes back.
-    assert host_command("[--workers W] [--lfw-pairs N]", "1,2", pairs, out) == ["--workers", "1,2"]
+    assert host_command("[--workers W] [--lfw-pairs N]", "1,2", pairs, out) == ["--workers", "1,2",
+                                                                                 "--lfw-pairs", "400"]
     assert host_command("usage: [--processes P]", "1,2", pairs, out) is None
     assert host_command("", "1,2", pairs, out) is None
 
