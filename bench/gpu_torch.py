@@ -345,14 +345,22 @@ def validate(runner: Runner, files: dict[str, Path], images: Sequence[npt.NDArra
                     rows.append({"model": model, "side": side, "batch": batch, "skipped": "budget"})
                     continue
                 x = model_input(model, batch, images, side or 640, seed=batch)
-                ref = ort_outputs(path, x, name)
+                try:
+                    ref = ort_outputs(path, x, name)
+                except Exception as exc:  # the reference run failing is a finding, not the end of the bench
+                    rows.append({"model": model, "side": side, "batch": batch, "error": f"onnxruntime: {exc}"})
+                    continue
                 for precision in precisions:
-                    t = runner.torch.from_numpy(x).to(runner.device)
-                    with runner.mode(precision):
-                        got = runner.outputs(model, t)
-                    diffs = compare(ref, got)
-                    rows.append({"model": model, "side": side, "batch": batch, "precision": precision,
-                                 "ok": faithful(model, precision, diffs), "outputs": diffs})
+                    row: dict[str, Any] = {"model": model, "side": side, "batch": batch, "precision": precision}
+                    try:
+                        t = runner.torch.from_numpy(x).to(runner.device)
+                        with runner.mode(precision):
+                            got = runner.outputs(model, t)
+                        diffs = compare(ref, got)
+                        row.update(ok=faithful(model, precision, diffs), outputs=diffs)
+                    except Exception as exc:  # e.g. an op without a half kernel: this precision says so
+                        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    rows.append(row)
     return rows
 
 
@@ -512,8 +520,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         for c in report["pair_cost"]:
             lines.append(f"| {c['precision']} | {c['detector_side']} | {c['landmark_passes']} | "
                          f"{c['model_ms_per_pair']:.3f} | {c['pairs_per_s']:.0f} |")
-    errors = [s for s in report.get("steps", []) if "error" in s]
-    extra = [*report.get("notes", []), *(f"{s['model']} batch {s['batch']} {s['precision']}: {s['error']}"
+    errors = [s for s in [*report.get("validation", []), *report.get("steps", [])] if "error" in s]
+    extra = [*report.get("notes", []), *(f"{s['model']} batch {s['batch']} {s.get('precision', '')}: {s['error']}"
                                          for s in errors)]
     if report.get("skipped"):
         extra.append(f"{len(report['skipped'])} timing steps left out (budget)")
