@@ -6,10 +6,17 @@
         --pairs ../shared/lfw-dev/pairs.csv --raw-batch 0                  # e.g. 1 vs 2 workers on CPU
 
 Steps, each bounded in requests and seconds, all inside ``--budget-s`` (a step that would not fit is skipped and
-named in the notes): (1) ``bench.raw`` at ``--raw-batch`` pairs per batch on the chosen device; (2) for each
-``--workers`` count, a ``facerec serve`` child (free loopback ports, temporary data directory) driven by
-``bench.load`` closed loops at each ``--concurrency`` over each protocol. Writes ``gpu_check.json`` (everything)
-and ``gpu_summary.md`` under ``--out`` and prints their paths.
+named in the notes), most informative first:
+(1) ``bench.gpu_torch`` (``--torch``): the three models converted to PyTorch and timed on CUDA at batch 1..64, the
+    raw model cost on a GPU even where onnxruntime has no CUDA provider (a dry run: on the CPU, when torch and
+    onnx2torch are importable, else skipped);
+(2) ``bench.raw`` at ``--raw-batch`` pairs per batch, here when ``--device cuda`` (the pipeline on the GPU);
+(3) ``bench.host --workers`` (``--host-workers``), when that module exists and takes the option: host-path
+    scaling with worker processes on this machine's cores;
+(4) for each ``--workers`` count, a ``facerec serve`` child (free loopback ports, temporary data directory) driven
+    by ``bench.load`` closed loops at each ``--concurrency`` over each protocol;
+(5) ``bench.raw`` here instead when ``--device cpu`` (on a GPU machine the least telling step: last).
+Writes ``gpu_check.json`` (everything) and ``gpu_summary.md`` under ``--out`` and prints their paths.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +50,8 @@ DRY = {"raw_batch": [1, 2], "raw_requests": 2, "raw_duration": 5.0, "workers": [
        "load_requests": 4, "load_duration": 5.0, "limit": 4}
 # Seconds kept back from the budget at each decision: the summary and the stop of a server.
 RESERVE_S = 15.0
+# Pairs for bench.host (when it takes --lfw-pairs).
+HOST_PAIRS = 400
 # A server start: imports, model sessions (a CUDA context per worker), store; bounded separately.
 START_S = 180.0
 
@@ -105,6 +115,104 @@ def run_raw(args: argparse.Namespace, budget: Budget, notes: list[str], env: dic
     return data
 
 
+def run_torch(args: argparse.Namespace, budget: Budget, notes: list[str], env: dict[str, str]
+              ) -> dict[str, Any] | None:
+    """``bench.gpu_torch`` in a child process (its CUDA context and memory end with it); None when off."""
+    device = args.torch
+    if device == "auto":
+        device = "cpu" if args.dry_run else "cuda"
+    if device == "off":
+        return None
+    seconds = min(args.torch_budget_s, budget.left() - 10)
+    if seconds < 20:
+        notes.append(f"torch models: skipped ({budget.left():.0f} s left)")
+        return None
+    out = args.work / "torch.json"
+    cmd = [sys.executable, "-m", "bench.gpu_torch", "--device", device, "--out", str(out),
+           "--budget-s", str(int(seconds - 10))]
+    if args.dry_run:
+        cmd += ["--batch", "1,2", "--precisions", "fp32", "--iters", "3", "--step-s", "0.2", "--warmup", "1",
+                "--models", "landmarker,embedder"]
+    else:
+        # 56 timed steps (3 models, 2 detector sides, 7 batches, 2 precisions) inside ~80 s with the conversion and
+        # validation: 0.3 s per step is still 30+ calls at the slowest (detector 640 at batch 64).
+        cmd += ["--step-s", "0.3"]
+    cmd += ["--pairs", str(args.pairs)] if args.pairs else ["--folder", str(args.folder)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=seconds + 30, capture_output=True, text=True,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        notes.append("torch models: stopped at its time limit")
+        return None
+    log(proc.stderr[-3000:] + proc.stdout[-3000:])
+    if not out.is_file():
+        notes.append(f"torch models: failed with status {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    data: dict[str, Any] = json.loads(out.read_text())
+    error = str(data.get("error", ""))
+    if error and not (args.dry_run and error.startswith(("torch not importable", "onnx2torch not importable"))):
+        # A dry run on a machine without torch is the expected case, not a finding.
+        notes.append(f"torch models: {error}")
+    return data
+
+
+def host_command(help_text: str, workers: str, pairs: Path | None, out: Path) -> list[str] | None:
+    """The ``bench.host`` arguments this version of it takes (its CLI may differ), or None without ``--workers``."""
+    if "--workers" not in help_text:
+        return None
+    cmd = ["--workers", workers]
+    if "--only" in help_text:
+        cmd += ["--only", "lfw"]
+    if pairs is not None and "--lfw " in help_text.replace("--lfw-", "--x-"):
+        cmd += ["--lfw", str(pairs)]
+    if "--lfw-pairs" in help_text:
+        # Its pairs are shared out among the workers: 16 workers need more than its default 200 for a window of
+        # more than a dozen pairs each, and recording (one row at a time, real models) grows with the count.
+        cmd += ["--lfw-pairs", str(HOST_PAIRS)]
+    if "--out" in help_text:
+        cmd += ["--out", str(out)]
+    return cmd
+
+
+def run_host(args: argparse.Namespace, budget: Budget, notes: list[str], env: dict[str, str]
+             ) -> dict[str, Any] | None:
+    """``python -m bench.host --workers ...`` when the module exists and takes the option (else a note)."""
+    if not args.host_workers:
+        return None
+    if not (ROOT / "bench" / "host.py").is_file():
+        return {"skipped": "bench/host.py is not in this checkout"}
+    seconds = min(args.host_budget_s, budget.left() - 10)
+    if seconds < 30:
+        notes.append(f"host bench: skipped ({budget.left():.0f} s left)")
+        return None
+    try:
+        helptext = subprocess.run([sys.executable, "-m", "bench.host", "--help"], cwd=ROOT, env=env, timeout=60,
+                                  capture_output=True, text=True, check=False).stdout
+    except subprocess.TimeoutExpired:
+        helptext = ""
+    out = args.work / "host.json"
+    cmd = host_command(helptext, args.host_workers, args.pairs, out)
+    if cmd is None:
+        return {"skipped": "bench.host has no --workers option (or its --help failed)"}
+    result: dict[str, Any] = {"command": ["python", "-m", "bench.host", *cmd]}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.host", *cmd], cwd=ROOT, env=env, timeout=seconds,
+                              capture_output=True, text=True, check=False)
+        result["status"], text = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        notes.append(f"host bench: stopped at its time limit ({seconds:.0f} s)")
+        result["status"] = "timeout"
+        text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    result["output_tail"] = text[-4000:]
+    log(text[-3000:])
+    if out.is_file():
+        with contextlib.suppress(ValueError):
+            result["report"] = json.loads(out.read_text())
+    if result["status"] not in (0, "timeout"):
+        notes.append(f"host bench: exit status {result['status']}")
+    return result
+
+
 def pair_args(args: argparse.Namespace) -> list[str]:
     out = ["--pairs", str(args.pairs)] if args.pairs else ["--folder", str(args.folder)]
     return out + (["--limit", str(args.limit)] if args.limit else [])
@@ -162,6 +270,8 @@ def log(text: str) -> None:
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
+    from bench.gpu_torch import summary_lines
+
     env, lines = report["environment"], []
     lines += ["# GPU check", "",
               f"- date {env['machine']['date']}, {env['machine']['cpu']}, {env['machine']['cores']} cores, "
@@ -171,6 +281,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
               f"- GPU: {env.get('nvidia_smi') or 'none seen (nvidia-smi absent)'}",
               f"- pairs: {report['pairs_source']}; dry run: {report['dry_run']}; "
               f"took {report['elapsed_s']:.0f} s", ""]
+    if report.get("torch_models"):
+        lines += summary_lines(report["torch_models"])
     raw = report.get("raw")
     if raw:
         lines += [f"## Raw pipeline ({raw.get('backend')})", "", "| batch (pairs) | pairs/s | batch p50 ms |",
@@ -194,6 +306,14 @@ def summary_markdown(report: dict[str, Any]) -> str:
                          f"{fmt(s['latency_ms']['p50'])} | {fmt(s['latency_ms']['p99'])} | "
                          f"{s['errors'] or '-'} | {fmt(s.get('server_cpu_cores'))} | {batches} |")
         lines.append("")
+    host = report.get("host")
+    if host:
+        lines += ["## Host path, worker processes (bench.host)", ""]
+        if host.get("skipped"):
+            lines += [f"skipped: {host['skipped']}", ""]
+        else:
+            lines += [f"`{' '.join(host['command'])}` (status {host.get('status')})", "", "```",
+                      *host.get("output_tail", "").strip().splitlines()[-30:], "```", ""]
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
@@ -212,8 +332,9 @@ def nvidia_smi() -> str | None:
         version = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    cuda = next((part.split(":")[1].strip().split()[0] for part in version.stdout.split("|")
-                 if "CUDA Version" in part), "?")
+    # One table cell holds "Driver Version: X   CUDA Version: Y".
+    found = re.search(r"CUDA Version:\s*([0-9.]+)", version.stdout)
+    cuda = found.group(1) if found else "?"
     return f"{out.stdout.strip()} (CUDA {cuda})" if out.returncode == 0 else None
 
 
@@ -233,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=csv_ints, default=[64, 256])
     ap.add_argument("--load-requests", type=int, default=3000, help="at most this many requests per load step")
     ap.add_argument("--load-duration", type=float, default=15.0, help="at most this many seconds per load step")
+    ap.add_argument("--torch", choices=("auto", "cuda", "cpu", "off"), default="auto",
+                    help="bench.gpu_torch on this device (auto: cuda, or cpu with tiny bounds in a dry run)")
+    ap.add_argument("--torch-budget-s", type=float, default=90.0)
+    ap.add_argument("--host-workers", default="1,2,4,8,16",
+                    help="bench.host --workers, when bench/host.py exists ('': no host step)")
+    ap.add_argument("--host-budget-s", type=float, default=120.0)
     ap.add_argument("--pairs", type=Path, help="CSV file1,file2[,same] (default: LFW dev pairs when present)")
     ap.add_argument("--folder", type=Path, help="all pairs of this folder's images instead")
     ap.add_argument("--limit", type=int, help="use at most this many pairs")
@@ -247,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in DRY.items():
             setattr(args, key, value)
         args.budget_s = min(args.budget_s, 150.0)
+        args.host_workers = ""
     args.raw_batch = [b for b in args.raw_batch if b > 0]
     args.protocols = [p for p in str(args.protocols).split(",") if p]
     if not args.pairs and not args.folder:
@@ -265,12 +393,29 @@ def main(argv: list[str] | None = None) -> int:
                               "environment": {"machine": machine_info(), "nvidia_smi": nvidia_smi()},
                               "workers": workers, "notes": notes}
     log(f"gpu_check: device {args.device}, workers {workers}, budget {args.budget_s:.0f} s")
-    report["raw"] = run_raw(args, budget, notes, env)
-    report["serve"] = [r for n in workers if (r := serve_and_load(args, n, budget, notes, env)) is not None]
-    report["elapsed_s"] = time.monotonic() - started
-    json_path = write_json(args.out / "gpu_check.json", report)
-    md_path = args.out / "gpu_summary.md"
-    md_path.write_text(summary_markdown(report))
+    json_path, md_path = args.out / "gpu_check.json", args.out / "gpu_summary.md"
+    report.update(torch_models=None, raw=None, host=None, serve=[])
+
+    def save() -> None:
+        # After every step: a run stopped from outside (the device call's time limit) still leaves its results.
+        report["elapsed_s"] = time.monotonic() - started
+        write_json(json_path, report)
+        md_path.write_text(summary_markdown(report))
+
+    report["torch_models"] = run_torch(args, budget, notes, env)
+    save()
+    if args.device != "cpu":
+        report["raw"] = run_raw(args, budget, notes, env)
+        save()
+    report["host"] = run_host(args, budget, notes, env)
+    save()
+    for n in workers:
+        if (served := serve_and_load(args, n, budget, notes, env)) is not None:
+            report["serve"].append(served)
+        save()
+    if args.device == "cpu":
+        report["raw"] = run_raw(args, budget, notes, env)
+    save()
     with contextlib.suppress(OSError):
         for f in args.work.iterdir():
             f.unlink()

