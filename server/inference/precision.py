@@ -76,10 +76,11 @@ def resolve_precision(requested: Precision, *, backend: str, provider: str, int8
     """The precision to run in: ``auto`` means int8 for onnxruntime's CPU provider on an x86 CPU with AVX2 or
     VNNI (``int8_cpu``, see ``has_int8_kernels``), else fp32.
 
-    On this project's AVX2-only EPYC the 7-bit int8 embedder is 1.3-1.9x faster than fp32 and as accurate
-    (README "Precision"). fp32 is kept for CUDA (the int8 file is built for onnxruntime's CPU kernels; a GPU
-    embeds in well under a millisecond in fp32), for Triton (which serves the fp32 repository as is) and for CPUs
-    with neither (e.g. ARM, where this was not measured). An explicit ``fp32``/``int8`` is honoured.
+    On this project's AVX2-only EPYC the 7-bit int8 embedder needs ~1.4x less CPU per image than fp32 at the same
+    lfw-dev accuracy (README "Precision"); on VNNI the earlier 8-bit file measured 1.5-1.8x. fp32 is kept for
+    CUDA (the int8 file is built for onnxruntime's CPU kernels; a GPU embeds in well under a millisecond in fp32),
+    for Triton (which serves the fp32 repository as is) and for CPUs with neither (e.g. ARM, where this was not
+    measured). An explicit ``fp32``/``int8`` is honoured.
     """
     if requested != "auto":
         return requested
