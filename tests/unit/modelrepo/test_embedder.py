@@ -26,7 +26,7 @@ from .conftest import cosine, model_path, session
 INT8 = MODEL_FILES["int8"]
 # Measured with 7-bit weights on this project's photos (bench.precision: 11 faces of ../shared/faces, min 0.993,
 # mean 0.9948) and on the 446 LFW dev faces (min 0.987, mean 0.9951); the bounds leave a margin under both. The
-# kernels' integer sums are exact on AVX2 and VNNI alike, so these hold on either.
+# kernels' integer sums are exact on AVX2 and VNNI alike, so these should hold on either.
 MIN_COSINE = 0.98
 MEAN_COSINE = 0.993
 
