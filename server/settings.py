@@ -53,7 +53,7 @@ class Settings:
     model_cache_dir: Path = field(default_factory=_default_cache_dir)
     backend: Backend = "onnxruntime"
     device: Device = "auto"
-    precision: Precision = "auto"  # auto -> int8 embedder on a VNNI CPU with onnxruntime's CPU provider, else fp32
+    precision: Precision = "auto"  # auto -> int8 embedder on onnxruntime CPU with AVX2 or VNNI, else fp32
     triton_url: str = "127.0.0.1:8001"
     ort_intra_threads: int = 0  # 0 -> auto: the cores shared out between the three model sessions
     ort_inter_threads: int = 1

@@ -15,7 +15,15 @@ import onnxruntime as ort
 from server.errors import InferenceFailed, Unavailable
 from server.inference.backend import MODEL_NAMES, ModelSpec
 from server.inference.model_config import load_spec
-from server.inference.precision import INT8_MODELS, cpu_flags, has_vnni, model_file, resolve_precision
+from server.inference.precision import (
+    INT8_MODELS,
+    cpu_flags,
+    has_int8_kernels,
+    int8_file_is_exact,
+    model_file,
+    resolve_precision,
+    weight_bits,
+)
 from server.settings import Device, Precision
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,8 @@ class OnnxRuntimeBackend:
     """Runs the model repository's ONNX files in this process.
 
     ``precision`` picks the file per model (``server/inference/precision.py``): with ``auto``, the int8 build on
-    the CPU provider of a VNNI CPU, fp32 otherwise; both take and return the same float32 tensors.
+    the CPU provider of an x86 CPU with AVX2 or VNNI, fp32 otherwise; both take and return the same float32
+    tensors.
     """
 
     def __init__(self, repository: Path, *, device: Device = "auto", intra_threads: int = 0,
@@ -67,8 +76,9 @@ class OnnxRuntimeBackend:
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._files: dict[str, Path] = {}
         providers = choose_providers(device)
+        flags = cpu_flags()
         resolved = resolve_precision(precision, backend="onnxruntime", provider=providers[0],
-                                     vnni=has_vnni(cpu_flags()))
+                                     int8_cpu=has_int8_kernels(flags))
         for name in models:
             path = model_file(repository, name, resolved)
             if precision == "auto" and not path.is_file() and name in INT8_MODELS:
@@ -85,7 +95,16 @@ class OnnxRuntimeBackend:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:
                 self._specs[name] = load_spec(repository, name)
-                self._sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                if precision == "auto" and path != model_file(repository, name, "fp32"):
+                    bits = weight_bits(session.get_modelmeta().custom_metadata_map)
+                    if not int8_file_is_exact(flags, bits):
+                        # A file built before 7-bit weights: its u8s8 kernels would saturate on this CPU.
+                        log.warning("model %s: %s has full-range int8 weights, which saturate without VNNI; "
+                                    "running it in fp32 (run `facerec models` to rebuild it)", name, path)
+                        path = self._files[name] = model_file(repository, name, "fp32")
+                        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                self._sessions[name] = session
             except _LOAD_ERRORS as exc:
                 # The log names the file and onnxruntime's message; the error (shown on /health/ready) only
                 # the model, so no file system path reaches an unauthenticated caller.

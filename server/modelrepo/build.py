@@ -16,8 +16,9 @@ from server.modelrepo.sources import Log, fetch_source, sha256_bytes, sha256_fil
 RECIPES: dict[str, ModelRecipe] = {r.name: r for r in (detector.RECIPE, landmarker.RECIPE, embedder.RECIPE)}
 
 # Bump when the conversion or the manifest changes on purpose (with new pins); a manifest written by another
-# version is ignored, so existing files are then judged against their pinned sha256 alone.
-BUILDER_VERSION = 2
+# version is ignored, so existing files are then judged against their pinned sha256 alone. 3: the int8 embedder
+# with 7-bit weights (its inputs did not change, so without the bump the old manifest would keep the old file).
+BUILDER_VERSION = 3
 
 MANIFEST_NAME = ".build.json"
 

@@ -4,10 +4,11 @@ The ranges are measured once, offline, by ``python -m bench.calibrate`` and comm
 applies them, so it needs no images and gives the same bytes on every run (numpy and onnx only, no
 onnxruntime quantization tool whose output changes between releases).
 
-Form: activations uint8 with a zero point (per tensor), weights int8 symmetric per output channel, biases int32
-at scale ``input_scale * weight_scale``. Each quantized node reads ``DequantizeLinear`` outputs and its result
-passes ``QuantizeLinear -> DequantizeLinear``; onnxruntime fuses every such group into ``QLinearConv`` /
-``QGemm`` (u8s8 kernels that use VNNI), while ops left in float between them simply see the dequantized tensor.
+Form: activations uint8 with a zero point (per tensor), weights symmetric per output channel in 7 bits
+(-63..63, stored as int8; see ``WEIGHT_BITS``), biases int32 at scale ``input_scale * weight_scale``. Each
+quantized node reads ``DequantizeLinear`` outputs and its result passes ``QuantizeLinear -> DequantizeLinear``;
+onnxruntime fuses every such group into ``QLinearConv`` / ``QGemm`` (u8s8 kernels), while ops left in float
+between them simply see the dequantized tensor.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
 
 QUANTIZED_OPS = ("Conv", "Gemm")
 TABLE_FORMAT = 1
+# Weights use 7 bits (|q| <= 63), not the full int8 range. onnxruntime's x86 u8s8 kernels on CPUs without VNNI
+# (AVX2 only) add pairs of u8*s8 products in 16 bits with saturation: 255*127*2 overflows int16, 255*63*2 = 32130
+# does not. With 7-bit weights those kernels are exact, so the fused graph computes what the QDQ graph says on
+# every x86 CPU (tests/unit/modelrepo/test_quantize.py) and one file serves VNNI and AVX2 alike; the cost is one
+# bit of weight resolution (README "Precision" for what that does to the embedder's accuracy).
+WEIGHT_BITS = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +90,16 @@ def activation_params(low: float, high: float) -> tuple[np.float32, np.uint8]:
     return np.float32(scale), np.uint8(zero)
 
 
-def weight_params(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
-    """Symmetric int8 per output channel (axis 0): the quantized weights and their float32 scales."""
+def weight_params(w: npt.NDArray[np.float32], bits: int = WEIGHT_BITS,
+                  ) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """Symmetric per output channel (axis 0) in ``bits`` bits (-(2**(bits-1)-1)..2**(bits-1)-1, stored as int8):
+    the quantized weights and their float32 scales."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"weight bits must be 2..8, not {bits}")
+    top = 2 ** (bits - 1) - 1
     peak = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1).max(axis=1)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.round(w / scale.reshape([-1] + [1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+    scale = np.where(peak > 0, peak / top, 1.0).astype(np.float32)
+    q = np.clip(np.round(w / scale.reshape([-1] + [1] * (w.ndim - 1))), -top, top).astype(np.int8)
     return q, scale
 
 
@@ -111,11 +123,12 @@ def calibration_tensors(model: onnx.ModelProto, exclude: Collection[str] = (),
 
 
 def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], *,
-                 exclude: Collection[str] = (), float_outputs: Collection[str] = ()) -> int:
+                 exclude: Collection[str] = (), float_outputs: Collection[str] = (),
+                 weight_bits: int = WEIGHT_BITS) -> int:
     """Quantize the Conv/Gemm nodes of ``model`` in place; returns how many were quantized.
 
     ``exclude`` names nodes left in float; ``float_outputs`` names nodes whose output is not re-quantized
-    (the last layer, so the embedding keeps full resolution).
+    (the last layer, so the embedding keeps full resolution); ``weight_bits`` see ``WEIGHT_BITS``.
     """
     onnx = g.onnx_module()
     nh, helper = onnx.numpy_helper, onnx.helper
@@ -148,7 +161,7 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
             dequantized[x] = (f"{x}/dequantized", scale)
         x_dq, x_scale = dequantized[x]
         base = node.name or node.output[0]
-        w_q, w_scale = weight_params(nh.to_array(inits[node.input[1]]).astype(np.float32))
+        w_q, w_scale = weight_params(nh.to_array(inits[node.input[1]]).astype(np.float32), weight_bits)
         added += [nh.from_array(w_q, f"{base}/weight_quantized"), nh.from_array(w_scale, f"{base}/weight_scale"),
                   nh.from_array(np.zeros(len(w_scale), np.int8), f"{base}/weight_zero_point")]
         nodes.append(helper.make_node(

@@ -171,7 +171,7 @@ def test_embedder_is_fed_rgb(backend: OnnxRuntimeBackend, pipeline: FacePipeline
     1. The pipeline's embedding equals the embedding of an RGB crop (cosine > 0.995) and is clearly away from a
        channel-swapped crop's (cosine < 0.99; measured 0.86-0.97 on these photos). The crop is re-aligned from
        the reported points (2 decimals), a sub-pixel shift: fp32 stays above 0.999, the int8 embedder (default on
-       VNNI CPUs) above 0.998.
+       AVX2/VNNI CPUs) above 0.998.
     2. Genuine pairs score higher with RGB crops than with swapped ones: on every pair, and by > 0.03 on average
        (measured 0.02-0.12 per pair): the colour order the model was trained on is the one that separates faces.
     """

@@ -1,10 +1,11 @@
-"""Which precision runs where: int8 on onnxruntime's CPU provider of a VNNI CPU, fp32 for CUDA and Triton."""
+"""Which precision runs where: int8 on onnxruntime's CPU provider of an AVX2/VNNI CPU, fp32 for CUDA and Triton."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import onnx
 import pytest
 
 from server.errors import Unavailable
@@ -12,10 +13,14 @@ from server.inference.onnxrt import OnnxRuntimeBackend
 from server.inference.precision import (
     INT8_MODELS,
     MODEL_FILES,
+    WEIGHT_BITS_KEY,
     cpu_flags,
+    has_int8_kernels,
     has_vnni,
+    int8_file_is_exact,
     model_file,
     resolve_precision,
+    weight_bits,
 )
 from server.settings import PROJECT_ROOT, Settings
 
@@ -37,16 +42,33 @@ def test_cpu_flags_are_read_from_cpuinfo() -> None:
     assert cpu_flags("processor\t: 0\n") == frozenset()
 
 
-@pytest.mark.parametrize(("requested", "backend", "provider", "vnni", "expected"), [
-    ("auto", "onnxruntime", CPU, True, "int8"),      # the CPU this is for
-    ("auto", "onnxruntime", CPU, False, "fp32"),     # no VNNI: u8s8 kernels could saturate
+def test_int8_kernels_need_avx2_or_vnni() -> None:
+    assert has_int8_kernels(cpu_flags(CPUINFO))
+    assert has_int8_kernels(frozenset({"avx", "avx2"}))  # this project's AVX2-only EPYC
+    assert not has_int8_kernels(frozenset({"sse4_2", "avx"}))
+    assert not has_int8_kernels(frozenset({"fp", "asimd"}))  # ARM: not measured
+
+
+def test_full_range_weights_are_exact_only_with_vnni() -> None:
+    avx2, vnni = frozenset({"avx2"}), frozenset({"avx2", "avx512_vnni"})
+    assert int8_file_is_exact(avx2, 7) and int8_file_is_exact(vnni, 7)
+    assert not int8_file_is_exact(avx2, 8) and not int8_file_is_exact(avx2, None)  # u8s8 pair sums saturate
+    assert int8_file_is_exact(vnni, 8) and int8_file_is_exact(vnni, None)
+    assert weight_bits({WEIGHT_BITS_KEY: "7"}) == 7
+    assert weight_bits({}) is None and weight_bits({WEIGHT_BITS_KEY: "seven"}) is None
+
+
+@pytest.mark.parametrize(("requested", "backend", "provider", "int8_cpu", "expected"), [
+    ("auto", "onnxruntime", CPU, True, "int8"),      # x86 with AVX2 or VNNI: the CPUs this is for
+    ("auto", "onnxruntime", CPU, False, "fp32"),     # neither: not measured
     ("auto", "onnxruntime", CUDA, True, "fp32"),     # GPU: fp32
     ("auto", "triton", CPU, True, "fp32"),           # Triton serves the fp32 repository
     ("fp32", "onnxruntime", CPU, True, "fp32"),      # overrides are honoured both ways
     ("int8", "onnxruntime", CUDA, False, "int8"),
 ])
-def test_resolve_precision(requested: str, backend: str, provider: str, vnni: bool, expected: str) -> None:
-    assert resolve_precision(requested, backend=backend, provider=provider, vnni=vnni) == expected  # type: ignore[arg-type]
+def test_resolve_precision(requested: str, backend: str, provider: str, int8_cpu: bool, expected: str) -> None:
+    assert resolve_precision(requested, backend=backend, provider=provider,  # type: ignore[arg-type]
+                             int8_cpu=int8_cpu) == expected
 
 
 def test_model_file_falls_back_to_fp32_for_models_without_int8() -> None:
@@ -84,8 +106,38 @@ def built() -> Path:
 def test_backend_loads_the_file_of_the_precision(built: Path) -> None:
     assert _files("int8") == {"detector": "model.onnx", "landmarker": "model.onnx", "embedder": "model.int8.onnx"}
     assert set(_files("fp32").values()) == {"model.onnx"}
-    auto = "int8" if has_vnni(cpu_flags()) else "fp32"
+    auto = "int8" if has_int8_kernels(cpu_flags()) else "fp32"
     assert _files("auto")["embedder"] == MODEL_FILES[auto]
+
+
+def test_built_int8_file_records_its_7_bit_weights(built: Path) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(built / "embedder" / "1" / MODEL_FILES["int8"])).metadata_props}
+    assert weight_bits(meta) == 7
+
+
+def _repo_with_full_range_int8(tmp_path: Path) -> Path:
+    """The repository as built before 7-bit weights: an int8 file without the weight-bits record."""
+    repo = _repo_without_int8(tmp_path)
+    model = onnx.load(str(REPO / "embedder" / "1" / MODEL_FILES["int8"]))
+    kept = [p for p in model.metadata_props if p.key != WEIGHT_BITS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(repo / "embedder" / "1" / MODEL_FILES["int8"]))
+    return repo
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"avx2"}, "model.onnx"),                       # would saturate: fp32
+    ({"avx2", "avx512_vnni"}, "model.int8.onnx"),   # exact on VNNI
+])
+def test_auto_runs_full_range_int8_only_on_vnni(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 flags: set[str], expected: str) -> None:
+    import server.inference.onnxrt as onnxrt
+
+    monkeypatch.setattr(onnxrt, "cpu_flags", lambda: frozenset(flags))
+    repo = _repo_with_full_range_int8(tmp_path)
+    assert _files("auto", repo)["embedder"] == expected
+    assert _files("int8", repo)["embedder"] == "model.int8.onnx"  # an explicit int8 is honoured
 
 
 def _repo_without_int8(tmp_path: Path) -> Path:

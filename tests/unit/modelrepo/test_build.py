@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,31 @@ def test_missing_manifest_is_rewritten_without_rebuilding(
     build.build_model_repository(copy, cache_dir, log=lines.append)
     assert all("up to date" in line for line in lines), lines
     assert (copy / build.MANIFEST_NAME).is_file()
+
+
+def test_repository_of_an_older_builder_gets_the_new_int8_file(
+    repo: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older builder's manifest recorded its own int8 file (full-range weights) with today's inputs: the version
+    bump makes the pin decide, so that file is rebuilt and the unchanged ones are kept."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    target = model_path(copy, "embedder", MODEL_FILES["int8"])
+    old = onnx.load(str(target))
+    kept = [p for p in old.metadata_props if p.key != "facerec.weight_bits"]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    target.write_bytes(old.SerializeToString())
+    manifest = build.read_manifest(copy)
+    manifest["models"]["embedder"]["files"][MODEL_FILES["int8"]]["sha256"] = sha256_file(target)
+    (copy / build.MANIFEST_NAME).write_text(json.dumps({**manifest, "builder_version": build.BUILDER_VERSION - 1}))
+    untouched = {f: (copy / f).stat().st_mtime_ns for f in ("detector/1/model.onnx", "embedder/1/model.onnx")}
+    monkeypatch.setattr(sources.subprocess, "run", no_pip)
+    lines: list[str] = []
+    shas = build.build_model_repository(copy, cache_dir, log=lines.append)
+    assert shas[target] == sha256_file(target) == _artifact("embedder", MODEL_FILES["int8"]).pinned_sha256
+    assert any("model.int8.onnx" in line and "rebuilding" in line for line in lines), lines
+    assert {f: (copy / f).stat().st_mtime_ns for f in untouched} == untouched
 
 
 def test_hand_edited_config_is_rewritten(repo: Path, cache_dir: Path, tmp_path: Path,
