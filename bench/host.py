@@ -283,7 +283,8 @@ def stage_timers(rt: Any, timer: CpuStageTimer) -> Iterator[None]:
 
 
 async def worker_main(table: Table, specs: dict[str, Any], pairs: list[Pair], args: dict[str, Any], barrier: Any,
-                      breakdown: bool) -> dict[str, Any]:
+                      breakdown: str | None) -> dict[str, Any]:
+    """``breakdown``: None (measure), "stages" (stage CPU timers) or "profile" (cProfile of the loop thread)."""
     backend = ReplayBackend(table, specs)
     with tempfile.TemporaryDirectory(prefix="bench-host-") as tmp:
         settings = make_settings(Path(tmp), args["max_batch_size"])
@@ -294,8 +295,10 @@ async def worker_main(table: Table, specs: dict[str, Any], pairs: list[Pair], ar
             backend.cpu_s = 0.0
             misses_warm = sum(backend.misses.values())
             timer = CpuStageTimer()
-            prof = cProfile.Profile() if breakdown else None
-            with stage_timers(rt, timer) if breakdown else contextlib.nullcontext():
+            # Thread CPU time, not wall: with wall time, waiting for the GIL is charged to whatever function the
+            # loop thread happens to be in (a tobytes() or a thread_time() call "taking" 0.2 ms).
+            prof = cProfile.Profile(time.thread_time) if breakdown == "profile" else None
+            with stage_timers(rt, timer) if breakdown == "stages" else contextlib.nullcontext():
                 if barrier is not None:
                     await asyncio.to_thread(barrier.wait)
                 cpu0, t0 = time.process_time(), time.perf_counter()
@@ -310,15 +313,15 @@ async def worker_main(table: Table, specs: dict[str, Any], pairs: list[Pair], ar
                 "replay_cpu_s": backend.cpu_s, "misses": dict(backend.misses), "misses_warmup": misses_warm,
                 "t_start": t0, "batchers": batch_stats(rt), "replay_calls": dict(backend.calls),
                 "replay_rows": dict(backend.rows)}
-            if breakdown:
-                result["stages_cpu_s"] = {k: [v, timer.calls[k]] for k, v in timer.seconds.items()}
+            result["stages_cpu_s"] = {k: [v, timer.calls[k]] for k, v in timer.seconds.items()}
+            if prof is not None:
                 s = io.StringIO()
-                pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(18)
+                pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
                 result["loop_profile"] = s.getvalue()
             return result
 
 
-def _worker_entry(table_path: str, pairs: list[Pair], args: dict[str, Any], barrier: Any, breakdown: bool,
+def _worker_entry(table_path: str, pairs: list[Pair], args: dict[str, Any], barrier: Any, breakdown: str | None,
                   out: Any) -> None:
     try:
         with open(table_path, "rb") as f:
@@ -332,7 +335,7 @@ def _worker_entry(table_path: str, pairs: list[Pair], args: dict[str, Any], barr
 
 
 def run_workers(table_path: str, ds: DataSet, workers: int, args: dict[str, Any],
-                breakdown: bool = False) -> dict[str, Any]:
+                breakdown: str | None = None) -> dict[str, Any]:
     """``workers`` processes, each with its own runtime and replay table, sharing the pairs; measured together."""
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker, as `facerec serve --workers N` starts them
     barrier = ctx.Barrier(workers + 1)
@@ -380,9 +383,10 @@ def run_workers(table_path: str, ds: DataSet, workers: int, args: dict[str, Any]
         "per_worker": [{k: r[k] for k in ("pairs", "wall_s", "cpu_s", "replay_cpu_s", "batchers", "replay_calls",
                                            "replay_rows")} for r in results],
     }
-    if breakdown:
-        r = results[0]
+    r = results[0]
+    if breakdown == "stages":
         run["stages_cpu_ms_per_pair"] = {k: 1000 * v / r["pairs"] for k, (v, _) in r["stages_cpu_s"].items()}
+    if breakdown == "profile":
         run["loop_profile"] = r["loop_profile"]
     return run
 
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=8, help="unmeasured pairs per worker before the window")
     ap.add_argument("--max-batch-size", type=int, default=0, help="FACEREC_MAX_BATCH_SIZE (0: auto, 1 on CPU)")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also a 1-worker pass with stage CPU timers and a cProfile of the event loop thread")
+                    help="also 1-worker passes with stage CPU timers, and with a cProfile of the event loop thread")
     ap.add_argument("--out", type=Path, default=RESULTS / "host.json")
     a = ap.parse_args(argv)
     args = {"concurrency": a.concurrency, "warmup": a.warmup, "max_batch_size": a.max_batch_size}
@@ -474,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
                              run["other_cpu_cores"], sum(run["misses"].values()),
                              sum(v for k, v in run["outcomes"].items() if k != "ok")])
             if a.breakdown:
-                bd = run_workers(str(path), ds, 1, args, breakdown=True)
-                entry["breakdown"] = {k: bd[k] for k in ("cpu_ms_per_pair", "stages_cpu_ms_per_pair",
-                                                         "loop_profile", "replay_cpu_ms_per_pair")}
-                total_misses += sum(bd["misses"].values())
+                bd = run_workers(str(path), ds, 1, args, breakdown="stages")
+                prof = run_workers(str(path), ds, 1, args, breakdown="profile")
+                entry["breakdown"] = {**{k: bd[k] for k in ("cpu_ms_per_pair", "stages_cpu_ms_per_pair",
+                                                            "replay_cpu_ms_per_pair")},
+                                      "loop_profile": prof["loop_profile"]}
+                total_misses += sum(bd["misses"].values()) + sum(prof["misses"].values())
             result["datasets"][ds.name] = entry
     result["machine"]["load_average_end"] = list(os.getloadavg())
     result["misses"] = total_misses
@@ -495,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = bd["cpu_ms_per_pair"] - known - bd["replay_cpu_ms_per_pair"]
         print(table([[k, v] for k, v in stages] + [["rest: event loop, asyncio, batchers, service", rest]],
                     ["stage", "CPU ms/pair"]))
-        print(f"\n{name}: event loop thread, top functions by own time (cProfile)")
+        print(f"\n{name}: event loop thread, top functions by own CPU time (cProfile, thread CPU clock)")
         print(bd["loop_profile"])
     print(f"wrote {a.out}", file=sys.stderr)
     if total_misses:
