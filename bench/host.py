@@ -292,6 +292,7 @@ async def worker_main(table: Table, specs: dict[str, Any], pairs: list[Pair], ar
             await drive(svc, pairs[: args["warmup"]], args["concurrency"])
             for b in rt.runner.batchers.values():
                 b.stats.batches = b.stats.items = 0
+                b.stats.last_batch_sizes.clear()
             backend.cpu_s = 0.0
             misses_warm = sum(backend.misses.values())
             timer = CpuStageTimer()
