@@ -36,7 +36,7 @@ class BatcherStats:
     items: int = 0  # rows (an item of n rows counts n), like max_batch_size and last_batch_sizes
     waiters: int = 0  # submits that reached fn
     failed_batches: int = 0
-    dropped_cancelled: int = 0  # waiters (the rows_dropped metric counts their rows)
+    dropped_cancelled: int = 0  # rows, as the rows_dropped metric counts them
     dropped_deadline: int = 0
     queue_overflows: int = 0
     collector_restarts: int = 0
@@ -367,7 +367,7 @@ class Batcher(Generic[In, Out]):
                 # a deadline drop, not a client that left.
                 self._count_deadline(waiter.rows)
                 return False
-            self.stats.dropped_cancelled += 1
+            self.stats.dropped_cancelled += waiter.rows
             if self._metrics is not None:
                 self._metrics.rows_dropped.labels(model=self.name, reason="cancelled").inc(waiter.rows)
             return False
@@ -481,7 +481,7 @@ class Batcher(Generic[In, Out]):
             m.mixed_batches.labels(model=self.name).inc()
 
     def _count_deadline(self, rows: int) -> None:
-        self.stats.dropped_deadline += 1  # waiters; the metric counts their rows
+        self.stats.dropped_deadline += rows
         if self._metrics is not None:
             self._metrics.rows_dropped.labels(model=self.name, reason="deadline").inc(rows)
 
