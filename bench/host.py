@@ -83,10 +83,14 @@ def row_key(model: str, row: dict[str, NDF], stride: int = SAMPLE_STRIDE) -> byt
 
 def _rows(inputs: dict[str, NDF]) -> list[dict[str, NDF]]:
     n = len(next(iter(inputs.values())))
+    if n == 1:
+        return [inputs]
     return [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(n)]
 
 
 def _concat(outs: list[dict[str, NDF]]) -> dict[str, NDF]:
+    if len(outs) == 1:
+        return dict(outs[0])  # the recorded arrays as they are: the pipeline only reads model outputs
     return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
 
 
@@ -188,24 +192,36 @@ def lfw_dataset(path: Path, n: int) -> DataSet:
     return DataSet("lfw", pairs, str(path), {"image_size": "250x250"})
 
 
-def photos_dataset(folder: Path, n: int, min_mp: float) -> DataSet:
-    """Every unordered pair of the folder's face photos of at least ``min_mp`` megapixels, cycled to ``n`` pairs."""
+def photos_dataset(folder: Path, n: int, min_mp: float, target_mp: float = 0.0) -> DataSet:
+    """Every unordered pair of the folder's face photos of at least ``min_mp`` megapixels, cycled to ``n`` pairs.
+
+    ``target_mp`` > 0 resizes each photo (aspect kept, Lanczos, JPEG quality 92) to about that many megapixels: the
+    shared photos are 0.6-1.1 MP, and the host cost that matters for them (decode, letterbox) follows the pixels.
+    """
     from PIL import Image as PILImage
 
     imgs, mps = [], []
     for p in folder_images(folder):
         with PILImage.open(p) as im:
             mp_ = im.size[0] * im.size[1] / 1e6
-        if mp_ >= min_mp:
-            imgs.append(Image(p.name, p.read_bytes()))
-            mps.append(mp_)
+            if mp_ < min_mp:
+                continue
+            data = p.read_bytes()
+            if target_mp > 0:
+                f = (target_mp / mp_) ** 0.5
+                size = (round(im.size[0] * f), round(im.size[1] * f))
+                buf = io.BytesIO()
+                im.convert("RGB").resize(size, PILImage.Resampling.LANCZOS).save(buf, "JPEG", quality=92)
+                data, mp_ = buf.getvalue(), size[0] * size[1] / 1e6
+        imgs.append(Image(p.name, data))
+        mps.append(mp_)
     if len(imgs) < 2:
         raise SystemExit(f"error: fewer than 2 photos of >= {min_mp} MP in {folder}")
     combos = [Pair(a, b) for a, b in itertools.combinations(imgs, 2)]
     pairs = list(itertools.islice(itertools.cycle(combos), n))
     return DataSet("photos", pairs, str(folder), {
         "megapixels_mean": float(np.mean(mps)), "megapixels_min": min(mps), "megapixels_max": max(mps),
-        "photos": [i.name for i in imgs], "distinct_pairs": len(combos)})
+        "photos": [i.name for i in imgs], "distinct_pairs": len(combos), "resized_to_mp": target_mp or None})
 
 
 # ----------------------------------------------------------------------------------------------- one process
@@ -432,10 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photo-pairs", type=int, default=60, help="pairs of the photos (cycled over every pair)")
     ap.add_argument("--photos", type=Path, default=DEFAULT_FACES)
     ap.add_argument("--photo-min-mp", type=float, default=0.6, help="only photos of at least this many megapixels")
+    ap.add_argument("--photo-mp", type=float, default=1.5,
+                    help="resize the photos to about this many megapixels (0: as they are, 0.6-1.1 MP)")
     ap.add_argument("--warmup", type=int, default=8, help="unmeasured pairs per worker before the window")
     ap.add_argument("--max-batch-size", type=int, default=0, help="FACEREC_MAX_BATCH_SIZE (0: auto, 1 on CPU)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also 1-worker passes with stage CPU timers, and with a cProfile of the event loop thread")
+    ap.add_argument("--tables", type=Path, help="keep the recorded tables in this folder and reuse them (before/after "
+                    "runs of the same pipeline; a table from another pipeline version misses, and the run fails)")
     ap.add_argument("--out", type=Path, default=RESULTS / "host.json")
     a = ap.parse_args(argv)
     args = {"concurrency": a.concurrency, "warmup": a.warmup, "max_batch_size": a.max_batch_size}
@@ -445,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "lfw":
             sets.append(lfw_dataset(a.lfw, a.lfw_pairs))
         elif name == "photos":
-            sets.append(photos_dataset(a.photos, a.photo_pairs, a.photo_min_mp))
+            sets.append(photos_dataset(a.photos, a.photo_pairs, a.photo_min_mp, a.photo_mp))
         else:
             raise SystemExit(f"error: unknown data set {name!r} (lfw, photos)")
     machine = machine_info()
@@ -457,14 +477,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-host-table-") as tmp:
         for ds in sets:
-            t0 = time.perf_counter()
-            tbl, specs, collisions = asyncio.run(record(ds, args))
-            print(f"{ds.name}: recorded {len(tbl)} rows in {time.perf_counter() - t0:.1f}s"
-                  + (f", {collisions} KEY COLLISIONS" if collisions else ""), file=sys.stderr, flush=True)
-            path = Path(tmp) / f"{ds.name}.pickle"
-            with path.open("wb") as f:
-                pickle.dump((tbl, specs), f, protocol=pickle.HIGHEST_PROTOCOL)
-            del tbl
+            tag = f"-{a.photo_mp}mp" if ds.name == "photos" else ""
+            path = (a.tables or Path(tmp)) / f"{ds.name}{tag}-{len(ds.pairs)}-c{a.concurrency}.pickle"
+            collisions = 0
+            if a.tables is not None and path.is_file():
+                print(f"{ds.name}: reusing the table {path}", file=sys.stderr, flush=True)
+            else:
+                t0 = time.perf_counter()
+                tbl, specs, collisions = asyncio.run(record(ds, args))
+                print(f"{ds.name}: recorded {len(tbl)} rows in {time.perf_counter() - t0:.1f}s"
+                      + (f", {collisions} KEY COLLISIONS" if collisions else ""), file=sys.stderr, flush=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("wb") as f:
+                    pickle.dump((tbl, specs), f, protocol=pickle.HIGHEST_PROTOCOL)
+                del tbl
             entry: dict[str, Any] = {"source": ds.source, "pairs": len(ds.pairs), **ds.info,
                                      "key_collisions": collisions, "runs": []}
             base: float | None = None
