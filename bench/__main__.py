@@ -1,4 +1,4 @@
-"""The standard benchmark set (`make bench`): raw bound, HTTP/gRPC sweeps, batching on/off, peer, accuracy, attributes.
+"""The standard benchmark set (`make bench`): raw and host bounds, HTTP/gRPC sweeps, batching, peers, accuracy, etc.
 
     python -m bench                      # everything, about 10-15 minutes on a 2-core machine
     python -m bench --quick              # a smoke run with tiny bounds (about 2 minutes)
@@ -36,7 +36,7 @@ from bench.common import (
 )
 from tooling.serve import ServeProcess
 
-PARTS = ("raw", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes", "robust")
+PARTS = ("raw", "host", "http", "grpc", "open", "nobatch", "peers", "accuracy", "attributes", "robust")
 
 
 def profile_for(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,12 +45,13 @@ def profile_for(args: argparse.Namespace) -> dict[str, Any]:
                 "http_c": [1, 4], "grpc_c": [1, 4], "requests": 12, "duration": 4.0, "open_s": 4.0,
                 "peers_limit": 8, "peers_faces_limit": 4, "accuracy_limit": 40, "accuracy_labels": False,
                 "attributes_limit": 3,
+                "host_args": ["--lfw-pairs", "16", "--photo-pairs", "4", "--warmup", "2"],
                 "robust_args": ["--lfw-pairs", "4", "--crops", "c0.8,forehead", "--sizes", "128",
                                 "--angles", "0,90,135"]}
     return {"raw_batches": [1, 2, 4, 8, 16], "raw_inflight": [1, 2], "raw_requests": 96, "raw_duration": 10.0,
             "http_c": [1, 2, 4, 8, 16, 32], "grpc_c": [1, 8, 32], "requests": 300, "duration": 20.0,
             "open_s": 20.0, "peers_limit": 100, "peers_faces_limit": 20, "accuracy_limit": None,
-            "accuracy_labels": True, "attributes_limit": None,
+            "accuracy_labels": True, "attributes_limit": None, "host_args": ["--breakdown"],
             "robust_args": ["--lfw-pairs", "50", "--sizes", "64,256,1024"]}
 
 
@@ -83,6 +84,7 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
                   wall_s: float, out: Path = RESULTS) -> dict[str, Any]:
     """Key numbers from the result files of this run (and earlier runs for the parts not run now)."""
     raw = load_json(out / "raw.json")
+    host = load_json(out / "host.json")
     http_on = load_json(out / "load_http.json")
     grpc_on = load_json(out / "load_grpc.json")
     http_off = load_json(out / "load_http_nobatch.json")
@@ -105,6 +107,13 @@ def build_summary(machine: dict[str, Any], previous: dict[str, Any], parts_run: 
             s["warnings"].append(f"other processes used {s['other_cpu_cores_mean']:.2f} of {machine['cores']} cores "
                                  "on average during the measured steps (up to "
                                  f"{max(others):.2f}): throughput and latency numbers are skewed low")
+    if host:
+        s["host"] = {name: {str(r["workers"]): {k: r.get(k) for k in (
+            "cpu_ms_per_pair", "pairs_per_s_per_core", "pairs_per_s", "speedup_over_first", "other_cpu_cores")}
+            for r in ds["runs"]} for name, ds in host.get("datasets", {}).items()}
+        s["host_commit"] = host.get("commit")
+        if host.get("misses"):
+            s["warnings"].append(f"bench.host: {host['misses']} replay misses (its numbers are not valid)")
     if len(set(runs.values())) > 1:
         s["warnings"].append("ratios combine result files from different runs: " + ", ".join(
             f"{k} {v}" for k, v in runs.items()))
@@ -217,6 +226,11 @@ def summary_text(s: dict[str, Any]) -> str:
     if "raw" in s:
         rows.append(["raw pipeline, best batch", f"{s['raw']['best']['pairs_per_s']:.2f} pairs/s",
                      f"batch {s['raw']['best']['batch_pairs']} pairs, {s['raw']['best']['inflight']} in flight"])
+    for name, by_workers in (s.get("host") or {}).items():
+        rows.append([f"host bound ({name}), CPU per pair", " / ".join(
+            f"{w}w {r['cpu_ms_per_pair']:.1f} ms" for w, r in by_workers.items()),
+            " / ".join(f"{w}w {r['pairs_per_s_per_core']:.0f} pairs/s/core, {r['pairs_per_s']:.1f} pairs/s"
+                       for w, r in by_workers.items())])
     for key, label in (("http", "server HTTP saturation"), ("grpc", "server gRPC saturation"),
                        ("http_nobatch", "server HTTP, batching off")):
         if key in s and s[key].get("saturation_pairs_per_s"):
@@ -300,6 +314,10 @@ def markdown(s: dict[str, Any]) -> str:
                    f"pairs, {b['inflight']} in flight) |")
         out.append("| raw per batch size (pairs/s) | " + ", ".join(
             f"{k}: {v:.2f}" for k, v in s["raw"]["per_batch"].items()) + " |")
+    for name, by_workers in (s.get("host") or {}).items():
+        out.append(f"| host bound ({name}, inference replayed): CPU ms/pair, pairs/s per core, pairs/s | " + "; ".join(
+            f"{w} worker{'s' if w != '1' else ''}: **{r['cpu_ms_per_pair']:.1f} ms**, {r['pairs_per_s_per_core']:.0f}, "
+            f"{r['pairs_per_s']:.1f} (x{r['speedup_over_first']:.2f})" for w, r in by_workers.items()) + " |")
     for key, label in (("http", "server, HTTP"), ("grpc", "server, gRPC"),
                        ("http_nobatch", "server, HTTP, max batch 1")):
         if key in s and s[key].get("saturation_pairs_per_s"):
@@ -431,6 +449,16 @@ def main(argv: list[str] | None = None) -> int:
             write_json(out / "raw.json", {"machine": machine, "pairs_source": source, "pairs": len(pairs), **rep})
             print(raw.sweep_table(rep["steps"]))
             plots.raw_profile(rep, out / "raw_profile.png")
+
+    if "host" in parts:
+        with timed_section("host bound: the service path with inference replayed, 1 and 2 workers (bench.host)"):
+            from bench import host
+
+            if host.main([*p["host_args"], "--out", str(out / "host.json")]) != 0:
+                print("warning: bench.host reported replay misses (see above)", file=sys.stderr)
+            host_rep = load_json(out / "host.json")
+            if host_rep:
+                plots.host_workers(host_rep, out / "host_workers.png")
 
     common = {"server": {"max_batch_size": 16, "max_wait_ms": "default (5)"},
               "pairs_source": source, "pairs": len(pairs), "requests_per_step": p["requests"],

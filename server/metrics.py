@@ -47,14 +47,14 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "facerec_batch_size",
-            "Items per inference batch.",
+            "Rows (images or crops) per inference batch.",
             ["model"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.queue_time = Histogram(
             "facerec_queue_time_seconds",
-            "Per-item time from submit to the start of its batch.",
+            "Per-item time (one pipeline stage call of a request) from submit to the start of its batch.",
             ["model"],
             buckets=_SHORT_BUCKETS,
             registry=r,
@@ -67,11 +67,11 @@ class Metrics:
             registry=r,
         )
         # livesum: with `--workers N` the exported value is the sum over the live workers (no per-pid series).
-        self.queue_depth = Gauge("facerec_queue_depth", "Items waiting for a batch.", ["model"], registry=r,
+        self.queue_depth = Gauge("facerec_queue_depth", "Rows waiting for a batch.", ["model"], registry=r,
                                  multiprocess_mode="livesum")
         self.batch_items = Counter(
             "facerec_batch_items_total",
-            "Items sent to inference, by the transport that submitted them.",
+            "Rows sent to inference, by the transport that submitted them.",
             ["model", "source"],
             registry=r,
         )

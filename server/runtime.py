@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # A compare analyses two photos (ScanService.analyze_pair): the rows one admitted request can queue per model.
 IMAGES_PER_REQUEST = 2
 # The batchers' queue bound over what admitted work can queue at most: it only catches a bug (a stage that queues
-# more rows per image than MAX_ROWS_PER_IMAGE declares), it never refuses a request the gate let in.
+# more rows per image than MAX_ROWS_PER_IMAGE declares), it never refuses a request the gate let in. The batchers
+# count rows, not items (a stage call is one item of as many rows), so the bound is in rows too.
 QUEUE_HEADROOM = 4
 
 

@@ -73,6 +73,9 @@ async def test_rows_go_through_the_batcher_labelled_with_the_context(
     np.testing.assert_array_equal(out["y"], x * 2)
     assert backend.batches == [("embedder", 3)]  # the request's rows left together, in order
     assert metrics.value("facerec_batch_items_total", model="embedder", source="grpc") == 3
+    # One waiter for the stage's three rows (not a task per row); the batch size still counts rows.
+    stats = runner.batchers["embedder"].stats
+    assert (stats.waiters, stats.items, list(stats.last_batch_sizes)) == (1, 3, [3])
 
 
 async def test_the_context_deadline_drops_the_rows_unrun(batched: tuple[BatchedRunner, Doubler, Metrics]) -> None:
@@ -118,15 +121,101 @@ class ShapeRecorder:
 
 async def test_a_batch_with_two_canvas_sizes_runs_one_backend_call_per_size() -> None:
     backend = ShapeRecorder()
-    # Four rows fill the batch, so it forms as soon as the last one arrives (no timing involved); the wait is long
+    # Six rows fill the batch, so it forms as soon as the last item arrives (no timing involved); the wait is long
     # enough that it never closes the batch first.
-    settings = Settings(device="cpu", max_batch_size=4, max_wait_ms=1000.0)
+    settings = Settings(device="cpu", max_batch_size=6, max_wait_ms=1000.0)
     runner = BatchedRunner(backend, settings, Metrics(), max_queue=16)
     await runner.start()
     try:
-        rows = [np.full((1, 3, s, s), v, np.float32) for s, v in ((160, 1.0), (320, 2.0), (160, 3.0), (320, 4.0))]
-        outs = await asyncio.gather(*(runner.infer("detector", {"input": r}, INTERNAL) for r in rows))
+        # Items of one and two rows (a stage's batch of one or two photos), two canvas sizes interleaved.
+        items = [np.stack([np.full((3, s, s), v, np.float32) for v in vs])
+                 for s, vs in ((160, (1.0,)), (320, (2.0, 5.0)), (160, (3.0, 6.0)), (320, (4.0,)))]
+        outs = await asyncio.gather(*(runner.infer("detector", {"input": x}, INTERNAL) for x in items))
     finally:
         await runner.aclose()
-    assert [float(o["out"][0, 0]) for o in outs] == [1.0, 2.0, 3.0, 4.0]
-    assert sorted(backend.calls) == [(2, 3, 160, 160), (2, 3, 320, 320)]
+    assert [o["out"][:, 0].tolist() for o in outs] == [[1.0], [2.0, 5.0], [3.0, 6.0], [4.0]]
+    assert sorted(backend.calls) == [(3, 3, 160, 160), (3, 3, 320, 320)]
+
+
+async def test_stage_batches_of_concurrent_requests_leave_as_one_backend_call() -> None:
+    backend = Doubler()
+    # 2 + 2 rows fill the batch of 4, so it forms when the second request's rows arrive (no timing involved); the
+    # wait is long enough that it never closes the batch first. This is cross-request batching on a GPU or Triton.
+    runner = BatchedRunner(backend, Settings(device="cpu", max_batch_size=4, max_wait_ms=1000.0), Metrics(),
+                           max_queue=16)
+    await runner.start()
+    try:
+        xs = [np.array([[1], [2]], np.float32), np.array([[3], [4]], np.float32)]
+        outs = await asyncio.wait_for(asyncio.gather(
+            *(runner.infer("landmarker", {"x": x}, RequestContext(source=src)) for x, src in zip(
+                xs, ("http", "grpc"), strict=True))), 10)
+    finally:
+        await runner.aclose()
+    assert backend.batches == [("landmarker", 4)]
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)  # each request gets its own rows back, in order
+
+
+async def test_a_stage_batch_larger_than_the_batch_size_is_cut_into_backend_calls() -> None:
+    backend = Doubler()
+    runner = BatchedRunner(backend, Settings(device="cpu", max_batch_size=2, max_wait_ms=0), Metrics(), max_queue=16)
+    await runner.start()
+    try:
+        x = np.arange(5, dtype=np.float32).reshape(5, 1)
+        out = await asyncio.wait_for(runner.infer("detector", {"x": x}, INTERNAL), 10)
+    finally:
+        await runner.aclose()
+    np.testing.assert_array_equal(out["y"], x * 2)
+    # The item is never split across batches, but no backend call exceeds the batch size (Triton's limit; on CPU,
+    # size 1 keeps every model call at one row).
+    assert backend.batches == [("detector", 2), ("detector", 2), ("detector", 1)]
+    assert list(runner.batchers["detector"].stats.last_batch_sizes) == [5]
+
+
+class ShortAnswer(Doubler):
+    """A backend that drops the last row of its answer."""
+
+    async def infer(self, model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
+        return {"y": (await super().infer(model, inputs))["y"][:-1]}
+
+
+async def test_a_backend_answer_with_missing_rows_fails_the_batch() -> None:
+    runner = BatchedRunner(ShortAnswer(), Settings(device="cpu", max_batch_size=4, max_wait_ms=0), Metrics(),
+                           max_queue=16)
+    await runner.start()
+    try:
+        with pytest.raises(errors.InferenceFailed):
+            await asyncio.wait_for(runner.infer("embedder", {"x": np.ones((3, 1), np.float32)}, INTERNAL), 10)
+    finally:
+        await runner.aclose()
+
+
+async def test_a_request_that_leaves_withdraws_its_stage_batch_unrun() -> None:
+    backend = Doubler()
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    infer = backend.infer
+
+    async def held(model: str, inputs: dict[str, NDF]) -> dict[str, NDF]:
+        entered.set()
+        await gate.wait()
+        return await infer(model, inputs)
+
+    backend.infer = held  # type: ignore[method-assign]
+    runner = BatchedRunner(backend, Settings(device="cpu", max_batch_size=4, max_wait_ms=0), Metrics(), max_queue=16)
+    await runner.start()
+    try:
+        first = asyncio.create_task(runner.infer("embedder", {"x": np.ones((1, 1), np.float32)}, INTERNAL))
+        await asyncio.wait_for(entered.wait(), 10)
+        gone = asyncio.create_task(runner.infer("embedder", {"x": np.full((3, 1), 7, np.float32)}, INTERNAL))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert runner.batchers["embedder"].queue_depth == 3
+        gone.cancel()
+        gate.set()
+        await asyncio.wait_for(first, 10)
+        assert (await asyncio.gather(gone, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+    finally:
+        await runner.aclose()
+    assert backend.batches == [("embedder", 1)]  # the departed request's rows never reached the model
+    assert runner.batchers["embedder"].stats.dropped_cancelled == 3  # its three rows

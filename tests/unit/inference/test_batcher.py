@@ -588,3 +588,103 @@ async def test_metrics_record_batches_and_mixed_sources(make: MakeBatcher) -> No
     assert m.value("facerec_mixed_batches_total", model="arcface") == 1
     assert m.histogram_stats("facerec_batch_size", model="arcface") == (5, 2)
     assert m.value("facerec_queue_depth", model="arcface") == 0
+
+
+# ---------------------------------------------------------------- items of several rows
+
+
+async def _queue_behind_a_held_batch(b: Batcher[int, int], fn: AsyncBackend,
+                                     items: list[tuple[int, int]]) -> tuple[asyncio.Task[int], list[asyncio.Task[int]]]:
+    """Holds a first batch in fn, then queues ``(item, rows)`` in order behind it (so batches form only later)."""
+    fn.hold()
+    first = asyncio.create_task(b.submit(0))
+    await within(fn.entered.wait())
+    tasks = [asyncio.create_task(b.submit(i, rows=n)) for i, n in items]
+    await settle()
+    return first, tasks
+
+
+async def test_batches_count_rows_and_never_split_an_item(make: MakeBatcher) -> None:
+    fn = AsyncBackend()
+    m = Metrics()
+    b = make(fn, max_batch_size=4, max_wait_ms=0, metrics=m)
+    first, tasks = await _queue_behind_a_held_batch(b, fn, [(1, 2), (2, 2), (3, 2), (4, 1)])
+    assert b.queue_depth == 7  # rows, not items
+    assert m.value("facerec_queue_depth", model="fake") == 7
+    fn.gate.set()
+    assert await within(asyncio.gather(first, *tasks)) == [0, 2, 4, 6, 8]
+    # 2+2 rows fill a batch of 4; then 2+1: whole items, in order, each batch within 4 rows.
+    assert fn.batches == [[0], [1, 2], [3, 4]]
+    assert list(b.stats.last_batch_sizes) == [1, 4, 3]
+    assert (b.stats.items, b.stats.waiters) == (8, 5)
+    assert m.histogram_stats("facerec_batch_size", model="fake") == (8, 3)
+    assert m.histogram_stats("facerec_queue_time_seconds", model="fake")[1] == 5  # one per item
+    assert m.value("facerec_batch_items_total", model="fake", source="internal") == 8
+
+
+async def test_an_item_larger_than_a_batch_runs_alone(make: MakeBatcher) -> None:
+    fn = AsyncBackend()
+    b = make(fn, max_batch_size=4, max_wait_ms=0)
+    first, tasks = await _queue_behind_a_held_batch(b, fn, [(1, 1), (2, 6), (3, 1)])
+    fn.gate.set()
+    assert await within(asyncio.gather(first, *tasks)) == [0, 2, 4, 6]
+    # The 6-row item does not fit after item 1, and nothing joins it: it has a batch of its own.
+    assert fn.batches == [[0], [1], [2], [3]]
+    assert list(b.stats.last_batch_sizes) == [1, 1, 6, 1]
+
+
+async def test_a_smaller_later_item_does_not_overtake(make: MakeBatcher) -> None:
+    fn = AsyncBackend()
+    b = make(fn, max_batch_size=4, max_wait_ms=0)
+    first, tasks = await _queue_behind_a_held_batch(b, fn, [(1, 3), (2, 3), (3, 1)])
+    fn.gate.set()
+    await within(asyncio.gather(first, *tasks))
+    # Item 3 would fit beside item 1, but item 2 came first: arrival order is kept.
+    assert fn.batches == [[0], [1], [2, 3]]
+
+
+async def test_queue_bound_counts_rows(make: MakeBatcher) -> None:
+    fn = AsyncBackend()
+    b = make(fn, max_batch_size=1, max_wait_ms=0, max_queue=4)
+    first, tasks = await _queue_behind_a_held_batch(b, fn, [(1, 3)])
+    with pytest.raises(errors.InferenceFailed):
+        await within(b.submit(2, rows=2))  # 3 + 2 rows > 4
+    assert b.stats.queue_overflows == 1
+    last = asyncio.create_task(b.submit(3, rows=1))  # 3 + 1 rows fit
+    await settle()
+    assert b.queue_depth == 4
+    fn.gate.set()
+    assert await within(asyncio.gather(first, *tasks, last)) == [0, 2, 6]
+
+
+async def test_a_multi_row_waiter_that_left_is_dropped_unrun(make: MakeBatcher) -> None:
+    fn = AsyncBackend()
+    m = Metrics()
+    b = make(fn, max_batch_size=8, max_wait_ms=0, metrics=m)
+    first, (gone, stays) = await _queue_behind_a_held_batch(b, fn, [(1, 3), (2, 2)])
+    gone.cancel()
+    await settle()
+    fn.gate.set()
+    assert await within(asyncio.gather(first, stays)) == [0, 4]
+    assert fn.seen() == [0, 2]
+    assert b.stats.dropped_cancelled == 3  # its rows, not 1
+    assert m.value("facerec_rows_dropped_total", model="fake", reason="cancelled") == 3
+    assert m.value("facerec_queue_depth", model="fake") == 0
+
+
+async def test_a_failed_batch_fails_every_multi_row_waiter(make: MakeBatcher) -> None:
+    fn = AsyncBackend()
+    # 3 + 2 rows fill the batch, so it forms when the second item arrives; the long window never closes it first.
+    b = make(fn, max_batch_size=5, max_wait_ms=1000)
+    await b.start()
+    fn.fail_with = RuntimeError("boom")
+    results = await within(asyncio.gather(b.submit(1, rows=3), b.submit(2, rows=2), return_exceptions=True))
+    assert fn.batches == [[1, 2]]
+    assert all(isinstance(r, errors.InferenceFailed) for r in results)
+    assert await within(b.submit(3, rows=2)) == 6  # the batcher goes on
+
+
+async def test_an_item_has_at_least_one_row(make: MakeBatcher) -> None:
+    b = make(AsyncBackend())
+    with pytest.raises(ValueError, match="row"):
+        await within(b.submit(1, rows=0))
