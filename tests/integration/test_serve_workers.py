@@ -245,13 +245,17 @@ def test_metrics_add_up_every_workers_counts(group: ServeProcess, token: str, pa
         return (metric(text, "facerec_scans_total", result="Same person"),
                 metric(text, "facerec_http_request_duration_seconds_count", **route), text)
 
+    # A request's duration is observed once its last byte is sent, so the client can hold its answer a moment
+    # before the metric counts it: wait (bounded) for the totals to settle rather than read them once.
+    wait_for(lambda: counts(0)[:2] == counts(1)[:2], within_s=WAIT_S, what="both workers export the same totals")
     before = counts(0)[:2]
-    assert counts(1)[:2] == before, "the two workers export different totals"
     for index, n in ((0, 2), (1, 1)):
         for k in range(n):
             assert compare_on(group, index, token, pair, f"m{index}-{k}")[0] == 200
     # Two compares went through worker 0 and one through worker 1: whichever worker answers, it counts all three.
     for index in (0, 1):
+        wait_for(lambda i=index: counts(i)[1] - before[1] >= 3, within_s=WAIT_S,
+                 what=f"worker {index} counts the three compares")
         scans, compares, text = counts(index)
         assert (scans - before[0], compares - before[1]) == (3, 3)
         assert metric(text, "facerec_requests_in_flight") == 0
