@@ -34,7 +34,7 @@ from server.inference.models.detector import (
     square_crop,
 )
 from server.inference.models.embedder import Embedder
-from server.inference.models.landmarker import Landmarker
+from server.inference.models.landmarker import Landmarker, Rois
 from server.inference.models.mesh68 import mesh_to_68
 
 NDF = npt.NDArray[np.float32]
@@ -87,6 +87,9 @@ class PipelineConfig:
     # Faces tilted ~45 degrees off the nearest quarter turn need a third pass to read roll within 1 degree.
     extra_refine_passes: int = 2
     converged_roll_deg: float = 1.0
+    # ... and a face's refinement stops once its ROI moves (centre) and resizes by under this share of its side
+    # while turning under converged_roll_deg: the next pass would read nearly the same crop (bench.attributes).
+    converged_shift: float = 0.03
     align_on_mesh: bool = True  # 5 alignment points from the mesh (finer) rather than the detector's keypoints
     flip_embedding: bool = False  # sum with the mirror image's embedding: no gain on LFW-dev, twice the cost
     threshold: float = 0.5
@@ -254,10 +257,10 @@ class FacePipeline:
         boxes = np.stack([c[1].box for c in chosen])
         kps = np.stack([c[1].kps for c in chosen])
 
-        affines = Landmarker.rois(boxes, kps[:, :2])
-        mesh, presence = await self._mesh(images, index, affines, ctx)
+        rois = Landmarker.roi_params(boxes, kps[:, :2])
+        mesh, presence = await self._mesh(images, index, rois.affines(), ctx)
         if self.config.refine_landmarks:
-            mesh, presence = await self._refine(images, index, mesh, presence, ctx)
+            mesh, presence = await self._refine(images, index, rois, mesh=mesh, presence=presence, ctx=ctx)
         pts68 = mesh_to_68(mesh)
 
         points5 = five_points(pts68) if self.config.align_on_mesh else kps
@@ -280,22 +283,42 @@ class FacePipeline:
             results[i] = FaceResult(analysis, embeddings[m], comparability_issue(analysis, self.config))
         return results
 
-    async def _refine(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], mesh: NDF,
-                      presence: NDF, ctx: RequestContext) -> tuple[NDF, NDF]:
-        """``refine_passes`` FaceMesh passes on re-levelled ROIs, then up to ``extra_refine_passes`` more for the
-        faces whose roll still moved by over ``converged_roll_deg`` in the last pass (strongly tilted faces: YuNet
-        reads about half of a 45-degree tilt, and each pass closes about half of the rest)."""
+    async def _refine(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], rois: Rois, *,
+                      mesh: NDF, presence: NDF, ctx: RequestContext) -> tuple[NDF, NDF]:
+        """Up to ``refine_passes`` FaceMesh passes on ROIs re-centred and re-levelled from the previous mesh, then up
+        to ``extra_refine_passes`` more for the faces whose roll still moved by over ``converged_roll_deg`` in the
+        last pass (strongly tilted faces: YuNet reads about half of a 45-degree tilt, and each pass closes about
+        half of the rest).
+
+        A face stops as soon as its ROI has converged: the ROI its latest mesh gives is within
+        ``converged_roll_deg`` and ``converged_shift`` (x the ROI's side, centre and side) of the one that mesh was
+        read on, so another pass would read (almost) the same crop again. Most upright faces stop after one
+        refinement, some after none.
+        """
+        cfg = self.config
         moved = np.full(len(index), np.inf)
-        for k in range(self.config.refine_passes + self.config.extra_refine_passes):
-            todo = (np.arange(len(index)) if k < self.config.refine_passes
-                    else np.flatnonzero(moved > self.config.converged_roll_deg))
-            if not todo.size:
+        done = np.zeros(len(index), dtype=bool)
+
+        def step(k: int, rois: Rois, mesh: NDF) -> tuple[npt.NDArray[np.intp], Rois, NDF | None]:
+            """The faces the next pass reads, their new ROIs and the landmarker batch (None: no pass left)."""
+            nxt = Landmarker.roi_params_from_mesh(mesh)
+            done[:] |= rois.converged(nxt, roll_deg=cfg.converged_roll_deg, shift=cfg.converged_shift)
+            want = ~done if k < cfg.refine_passes else ~done & (moved > cfg.converged_roll_deg)
+            todo = np.flatnonzero(want)
+            sub = nxt.take(todo)
+            batch = self.landmarker.preprocess(images, index[todo], sub.affines()) if todo.size else None
+            return todo, sub, batch
+
+        for k in range(cfg.refine_passes + cfg.extra_refine_passes):
+            todo, sub, batch = await asyncio.to_thread(step, k, rois, mesh)
+            if batch is None:
                 break
             before = _mesh_roll(mesh[todo])
-            new_mesh, new_presence = await self._mesh(images, index[todo], Landmarker.rois_from_mesh(mesh[todo]),
-                                                      ctx)
+            out = await self.runner.infer(self.landmarker.name, {self.landmarker.input_name: batch}, ctx)
+            new_mesh, new_presence = self.landmarker.postprocess(out, sub.affines())
             mesh, presence = mesh.copy(), presence.copy()
             mesh[todo], presence[todo] = new_mesh, new_presence
+            rois = rois.put(todo, sub)
             moved[todo] = np.abs((_mesh_roll(new_mesh) - before + 180.0) % 360.0 - 180.0)
         return mesh, presence
 

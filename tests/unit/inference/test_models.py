@@ -11,7 +11,7 @@ import pytest
 
 from server.inference.models.detector import STRIDES, Detector
 from server.inference.models.embedder import ARCFACE_TEMPLATE, SIZE, Embedder, similarity_transform
-from server.inference.models.landmarker import CROP, Landmarker, roi_affines
+from server.inference.models.landmarker import CROP, Landmarker, Rois, roi_affines
 from server.inference.models.mesh68 import MESH_TO_68, mesh_to_68
 from server.inference.pipeline import FacePipeline
 
@@ -144,6 +144,25 @@ def test_rois_from_mesh_recentre_on_the_mesh(mesh_of: Callable[[RGB], npt.NDArra
     assert span.max() == pytest.approx(CROP / 1.5, rel=0.02)
     np.testing.assert_allclose((crop.max(axis=0) + crop.min(axis=0)) / 2, [CROP / 2, CROP / 2], atol=1.0)
     assert crop[33, 1] == pytest.approx(crop[263, 1], abs=1e-3)
+
+
+def test_rois_converge_only_when_turn_shift_and_size_are_all_small() -> None:
+    """A ROI has converged when the next one turns < 1 degree and moves / resizes by < 3 % of its side."""
+    base = Rois(np.array([[100.0, 100.0]] * 5, np.float32), np.full(5, 200.0, np.float32), np.zeros(5, np.float32))
+    nxt = Rois(np.array([[101.0, 102.0], [107.0, 100.0], [100.0, 100.0], [100.0, 100.0], [100.0, 100.0]],
+                        np.float32),
+               np.array([205.0, 200.0, 207.0, 200.0, 200.0], np.float32),
+               np.radians(np.array([0.5, 0.0, 0.0, 1.5, 359.5], np.float32)))
+    # 1: all small; 2: moved 3.5 %; 3: resized 3.5 %; 4: turned 1.5 degrees; 5: turned -0.5 degrees (wraps).
+    assert base.converged(nxt, roll_deg=1.0, shift=0.03).tolist() == [True, False, False, False, True]
+
+
+def test_roi_params_match_the_affines(mesh_of: Callable[[RGB], npt.NDArray[np.float32]],
+                                      photo: Callable[[str], RGB]) -> None:
+    mesh = mesh_of(photo("obama_01"))[None]
+    np.testing.assert_array_equal(Landmarker.roi_params_from_mesh(mesh).affines(), Landmarker.rois_from_mesh(mesh))
+    boxes, eyes = np.array([[10, 20, 110, 140]], np.float32), np.array([[[40, 60], [80, 58]]], np.float32)
+    np.testing.assert_array_equal(Landmarker.roi_params(boxes, eyes).affines(), Landmarker.rois(boxes, eyes))
 
 
 # --- embedder --------------------------------------------------------------------------------------------------
