@@ -190,19 +190,17 @@ class Detector:
         return place(h, w, self.size, pad=pad, rotation=rotation)
 
     @staticmethod
-    def render(image: npt.NDArray[np.uint8], p: Placement, out: npt.NDArray[np.float32] | None = None
-               ) -> npt.NDArray[np.float32]:
+    def render(image: npt.NDArray[np.uint8], p: Placement, out: npt.NDArray[np.float32] | None = None, *,
+               resized: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.float32]:
         """One RGB image on its canvas: ``(3, S, S)`` BGR 0..255 float (YuNet was trained on OpenCV's BGR).
 
         ``out``: a zeroed ``(3, S, S)`` float32 array to draw into (a row of the batch), so the canvas is written
-        once, straight from the uint8 pixels.
+        once, straight from the uint8 pixels. ``resized``: the image already scaled to ``p.resized``.
         """
         canvas = np.zeros((3, p.size, p.size), dtype=np.float32) if out is None else out
         nh, nw = p.resized
-        resized = image
-        if (nh, nw) != image.shape[:2]:
-            interp = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
-            resized = np.asarray(cv2.resize(image, (nw, nh), interpolation=interp), dtype=np.uint8)
+        if resized is None:
+            resized = Detector.resize(image, p)
         if not p.quarter_turns:
             a = p.affine() @ np.array([[p.w / nw, 0.0, 0.0], [0.0, p.h / nh, 0.0], [0.0, 0.0, 1.0]])
             # warpAffine indexes pixels at their centres (integers); the affine is in continuous coordinates
@@ -218,6 +216,15 @@ class Detector:
         canvas[:, oy : oy + th, ox : ox + tw] = turned[:, :, ::-1].transpose(2, 0, 1)
         return canvas
 
+    @staticmethod
+    def resize(image: npt.NDArray[np.uint8], p: Placement) -> npt.NDArray[np.uint8]:
+        """``image`` scaled as ``p`` says (itself when no scaling is needed)."""
+        nh, nw = p.resized
+        if (nh, nw) == image.shape[:2]:
+            return image
+        interp = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
+        return np.asarray(cv2.resize(image, (nw, nh), interpolation=interp), dtype=np.uint8)
+
     def preprocess_placed(self, images: list[npt.NDArray[np.uint8]], placements: list[Placement]
                           ) -> npt.NDArray[np.float32]:
         """A ``(N, 3, S, S)`` batch; every placement in it must share one canvas size."""
@@ -226,8 +233,14 @@ class Detector:
             raise ValueError(f"one detector batch needs one canvas size, got {sorted(sizes)}")
         side = sizes.pop()
         batch = np.zeros((len(placements), 3, side, side), dtype=np.float32)
+        # The same image at the same scale (the turns of one photo, the upright check's two readings of one crop)
+        # is resized once.
+        scaled: dict[tuple[int, tuple[int, int]], npt.NDArray[np.uint8]] = {}
         for img, p, row in zip(images, placements, batch, strict=True):
-            self.render(img, p, row)
+            key = (id(img), p.resized)
+            if key not in scaled:
+                scaled[key] = self.resize(img, p)
+            self.render(img, p, row, resized=scaled[key])
         return batch
 
     def preprocess(self, images: list[npt.NDArray[np.uint8]]

@@ -53,8 +53,8 @@ class Embedder:
         """Aligned RGB crops ``(M, 112, 112, 3)`` from 5 points per face ``(M, 5, 2)``."""
         out = np.empty((len(points5), SIZE, SIZE, 3), dtype=np.uint8)
         for m, (i, pts) in enumerate(zip(image_index, points5, strict=True)):
-            out[m] = cv2.warpAffine(images[i], similarity_transform(pts), (SIZE, SIZE),
-                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+            cv2.warpAffine(images[i], similarity_transform(pts), (SIZE, SIZE), dst=out[m],
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         return out
 
     @staticmethod
@@ -63,10 +63,13 @@ class Embedder:
 
         With ``flip`` the mirrored crops are appended after the originals, giving ``(2M, ...)``.
         """
-        x = crops.transpose(0, 3, 1, 2).astype(np.float32)
+        m = len(crops)
+        x = np.empty((2 * m if flip else m, 3, SIZE, SIZE), dtype=np.float32)
+        planar = crops.transpose(0, 3, 1, 2)
+        x[:m] = planar
         if flip:
-            x = np.concatenate([x, x[..., ::-1]], axis=0)
-        return np.ascontiguousarray(x)
+            x[m:] = planar[..., ::-1]
+        return x
 
     def postprocess(self, outputs: dict[str, npt.NDArray[np.float32]], *, flip: bool = False
                     ) -> npt.NDArray[np.float32]:
