@@ -47,6 +47,9 @@ class FaceGeometry:
     mesh: NDF  # (468, 3)
     points68: NDF  # (68, 3)
     presence: float
+    # The image was decoded at 1/scale of its size (JPEG DCT scaling): all of the above are in its pixels, and the
+    # analysis reports them in the full-size image's.
+    scale: int = 1
 
 
 def head_pose(mesh: NDF) -> tuple[float, float, float]:
@@ -228,7 +231,9 @@ def face_quality(components: dict[str, float]) -> float:
 def analyze_face(image: npt.NDArray[np.uint8], g: FaceGeometry, crop: npt.NDArray[np.uint8]) -> FaceAnalysis:
     """All attributes of one face."""
     pts = g.points68
-    eye_r, eye_l = pts[36:42, :2].mean(axis=0), pts[42:48, :2].mean(axis=0)
+    # Pixel centres: pixel x of an image decoded at 1/s covers original pixels s*x .. s*x + s - 1.
+    out = pts[:, :2] if g.scale == 1 else (pts[:, :2] + 0.5) * g.scale - 0.5
+    eye_r, eye_l = out[36:42].mean(axis=0), out[42:48].mean(axis=0)
     eye_dist = float(np.linalg.norm(eye_l - eye_r))
     pitch, yaw, roll = head_pose(g.mesh)
     left_closed, right_closed = eye_closure(g.mesh)
@@ -237,10 +242,10 @@ def analyze_face(image: npt.NDArray[np.uint8], g: FaceGeometry, crop: npt.NDArra
     occ = face_occlusion(region)
     comps = quality_components(eye_dist, sharpness(crop), pitch, yaw, lum, occ, max(left_closed, right_closed),
                                g.presence)
-    x1, y1, x2, y2 = (round(float(v)) for v in g.box)
+    x1, y1, x2, y2 = (round(float(v)) for v in g.box * g.scale)
     return FaceAnalysis(
         x1=x1, y1=y1, x2=x2, y2=y2,
-        landmark_68=tuple(Point(round(float(p[0]), 2), round(float(p[1]), 2)) for p in pts),
+        landmark_68=tuple(Point(round(x, 2), round(y, 2)) for x, y in out.tolist()),
         eye_dist=round(eye_dist, 3),
         face_luminance=round(lum, 3),
         face_occlusion=round(occ, 4),

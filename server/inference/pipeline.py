@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,10 @@ LANDMARKER_CHECK_ROWS_PER_IMAGE = len(ORIENTATIONS) + len(DIAGONALS)
 # fallback turns and orientation checks are the largest). The runtime sizes the batchers' safety bound from it, with
 # headroom, so an admitted request can never meet a full queue.
 MAX_ROWS_PER_IMAGE = max(DETECTOR_ROWS_PER_IMAGE, LANDMARKER_CHECK_ROWS_PER_IMAGE)
+
+
+# Image i decoded at full size (the service's decoder, within the request's decode memory lease).
+FullSize = Callable[[int], Awaitable[npt.NDArray[np.uint8]]]
 
 
 class InferenceRunner(Protocol):
@@ -102,6 +107,11 @@ class PipelineConfig:
     # (FACEREC_MIN_FACE_PX 16) are refused as too small.
     max_abs_yaw_deg: float = 50.0
     min_eye_dist_px: float = 6.0
+    # A JPEG decoded at reduced scale (its long side still >= detector_size, so detection sees what it always saw)
+    # is decoded again at full size when the chosen face is narrower than this in it: the landmarker reads
+    # 1.5x the face at 192 px and the embedder the face at about 100 px, so a face this large loses nothing.
+    full_resolution_face_px: int = 160
+    reduced_decode: bool = True  # the service decodes large JPEGs at reduced scale (False: always at full size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +256,25 @@ class FacePipeline:
                 prev = chosen[i]
                 chosen[i] = Chosen(det, prev.faces_found if prev else 1, _quarter_turn(det))
 
-    async def analyze(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[FaceResult | None]:
-        """Analyse the most prominent face of each RGB image; ``None`` where no face was found."""
+    async def analyze(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext, *,
+                      scales: Sequence[int] | None = None, full_size: FullSize | None = None
+                      ) -> list[FaceResult | None]:
+        """Analyse the most prominent face of each RGB image; ``None`` where no face was found.
+
+        ``scales[i]`` > 1: image ``i`` was decoded at 1/``scales[i]`` of its size (JPEG DCT scaling); every
+        coordinate in its result is still in full-size pixels. ``full_size(i)`` gives image ``i`` at full size: it
+        is asked for (one image at a time) when the face chosen in the reduced image is under
+        ``full_resolution_face_px``, so landmarks and embedding read it at full detail.
+        """
         picked = await self.detect_faces(images, ctx)
+        factors = [1] * len(images) if scales is None else list(scales)
+        images = list(images)
+        for i, c in enumerate(picked):
+            if (full_size is not None and c is not None and factors[i] > 1
+                    and min(c.detection.width, c.detection.height) < self.config.full_resolution_face_px):
+                images[i] = await full_size(i)
+                picked[i] = _full_size_choice(c, factors[i])
+                factors[i] = 1
         chosen = [(i, c.detection, c.faces_found) for i, c in enumerate(picked) if c is not None]
         results: list[FaceResult | None] = [None] * len(images)
         if not chosen:
@@ -273,7 +299,7 @@ class FacePipeline:
         pts68, crops, emb_in = await asyncio.to_thread(embedder_input)
         geoms = [
             FaceGeometry(box=c[1].box, kps=c[1].kps, score=c[1].score, faces_found=c[2], mesh=mesh[m],
-                         points68=pts68[m], presence=float(presence[m]))
+                         points68=pts68[m], presence=float(presence[m]), scale=factors[c[0]])
             for m, c in enumerate(chosen)
         ]
         # The attributes need the crops, not the embeddings: they are computed while the embedder runs.
@@ -371,6 +397,15 @@ def _choose(dets: list[Detection], size: tuple[int, int], rotation: int) -> Chos
         return None
     det = dets[most_prominent(dets, size)]
     return Chosen(det, len(dets), rotation % 360 if rotation % 90 == 0 else _quarter_turn(det))
+
+
+def _full_size_choice(c: Chosen, scale: int) -> Chosen:
+    """A face chosen in an image decoded at 1/``scale``, in the full-size image's pixels (boxes by their edges,
+    points by their pixel centres)."""
+    det = c.detection
+    full = Detection((det.box * scale).astype(np.float32), ((det.kps + 0.5) * scale - 0.5).astype(np.float32),
+                     det.score)
+    return Chosen(full, c.faces_found, c.orientation)
 
 
 def _quarter_turn(det: Detection) -> int:
