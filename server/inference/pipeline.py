@@ -153,12 +153,19 @@ class FacePipeline:
         self.embedder = Embedder(specs["embedder"])
         self.calibration = calibration or ScoreCalibration()
 
-    async def detect(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[list[Detection]]:
-        """All faces per image found by the first (upright, own-size) pass, best score first."""
-        return await self._detect(images, [self.detector.place(img) for img in images], ctx)
+    async def detect(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext,
+                     scales: Sequence[int] | None = None) -> list[list[Detection]]:
+        """All faces per image found by the first (upright, own-size) pass, best score first (``scales``: see
+        :meth:`analyze`)."""
+        return await self._detect(images, [self.detector.place(img) for img in images], ctx,
+                                  self._min_face_px(scales, len(images)))
+
+    def _min_face_px(self, scales: Sequence[int] | None, n: int) -> list[float]:
+        """The smallest face kept in each image, in its own pixels: FACEREC_MIN_FACE_PX means full-size pixels."""
+        return [self.config.min_face_px / s for s in (scales or [1] * n)]
 
     async def _detect(self, images: list[npt.NDArray[np.uint8]], placements: list[Placement],
-                      ctx: RequestContext) -> list[list[Detection]]:
+                      ctx: RequestContext, min_px: list[float]) -> list[list[Detection]]:
         """Detections for each (image, placement); one detector call per canvas size, all sizes concurrently."""
         groups: dict[int, list[int]] = {}
         for j, p in enumerate(placements):
@@ -168,7 +175,7 @@ class FacePipeline:
             imgs, pls = [images[j] for j in members], [placements[j] for j in members]
             batch = await asyncio.to_thread(self.detector.preprocess_placed, imgs, pls)
             out = await self.runner.infer(self.detector.name, {"input": batch}, ctx)
-            return await asyncio.to_thread(self.detector.postprocess_placed, out, pls)
+            return await asyncio.to_thread(self.detector.postprocess_placed, out, pls, [min_px[j] for j in members])
 
         found = await asyncio.gather(*(run(m) for m in groups.values()))
         results: list[list[Detection]] = [[] for _ in placements]
@@ -177,7 +184,8 @@ class FacePipeline:
                 results[j] = d
         return results
 
-    async def detect_faces(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[Chosen | None]:
+    async def detect_faces(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext,
+                           scales: Sequence[int] | None = None) -> list[Chosen | None]:
         """The face to compare in each image (``None``: no face in any orientation).
 
         1. Each photo at its own size (bucketed canvas, never upscaled), upright.
@@ -192,12 +200,13 @@ class FacePipeline:
         A face kept from 1 (when confident) gets the upright check (:meth:`_check_upright`).
         Coordinates stay in the original image.
         """
-        first = await self.detect(images, ctx)
+        min_px = self._min_face_px(scales, len(images))
+        first = await self.detect(images, ctx, scales)
         chosen: list[Chosen | None] = [_choose(d, img.shape[:2], 0) for d, img in zip(first, images, strict=True)]
         if self.config.upright_check:
             confident = [i for i, c in enumerate(chosen)
                          if c is not None and c.detection.score >= self.config.upright_score]
-            await self._check_upright(images, chosen, confident, ctx)
+            await self._check_upright(images, chosen, confident, ctx, min_px)
         cands: dict[int, list[Chosen]] = {}
         for turns in (ORIENTATIONS, DIAGONALS):
             retry = [i for i, c in enumerate(chosen) if c is None or c.detection.score < self.config.upright_score]
@@ -206,7 +215,7 @@ class FacePipeline:
             jobs = [(i, rot) for i in retry for rot in turns]
             placements = [self.detector.place(images[i], pad=self.config.fallback_pad, rotation=rot)
                           for i, rot in jobs]
-            found = await self._detect([images[i] for i, _ in jobs], placements, ctx)
+            found = await self._detect([images[i] for i, _ in jobs], placements, ctx, [min_px[i] for i, _ in jobs])
             for (i, rot), dets in zip(jobs, found, strict=True):
                 cand = _choose(dets, images[i].shape[:2], rot)
                 if cand is None:
@@ -233,7 +242,7 @@ class FacePipeline:
         return chosen
 
     async def _check_upright(self, images: list[npt.NDArray[np.uint8]], chosen: list[Chosen | None],
-                             todo: list[int], ctx: RequestContext) -> None:
+                             todo: list[int], ctx: RequestContext, min_px: list[float]) -> None:
         """Replace (in place) confidently found first-pass faces that score higher turned half a turn.
 
         YuNet finds an upside-down face at up to ~0.9 with its keypoints drawn as if upright, so the first-pass
@@ -254,7 +263,7 @@ class FacePipeline:
                 jobs.append(place(crop.shape[0], crop.shape[1], self.config.upright_check_size,
                                   rotation=(level + turn) % 360))
             origins.append(origin)
-        found = await self._detect(crops, jobs, ctx)
+        found = await self._detect(crops, jobs, ctx, [min_px[i] for i in todo for _ in (0, 180)])
         for k, i in enumerate(todo):
             size = crops[2 * k].shape[:2]
             as_is, turned = nearest_centre(found[2 * k], size), nearest_centre(found[2 * k + 1], size)
@@ -273,7 +282,7 @@ class FacePipeline:
         is asked for (one image at a time) when the face chosen in the reduced image is under
         ``full_resolution_face_px``, so landmarks and embedding read it at full detail.
         """
-        picked = await self.detect_faces(images, ctx)
+        picked = await self.detect_faces(images, ctx, scales)
         factors = [1] * len(images) if scales is None else list(scales)
         images = list(images)
         for i, c in enumerate(picked):

@@ -7,6 +7,7 @@ padded. A :class:`Placement` records how, so detections map back exactly to the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -296,9 +297,13 @@ class Detector:
             return (np.zeros(0, np.float32), np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32))
         return np.concatenate(scores_all), np.concatenate(boxes_all), np.concatenate(kps_all)
 
-    def postprocess_placed(self, outputs: dict[str, npt.NDArray[np.float32]], placements: list[Placement]
-                           ) -> list[list[Detection]]:
-        """Detections per placed image (best score first) in original-image pixels, boxes clipped to the image."""
+    def postprocess_placed(self, outputs: dict[str, npt.NDArray[np.float32]], placements: list[Placement],
+                           min_face_px: Sequence[float] | None = None) -> list[list[Detection]]:
+        """Detections per placed image (best score first) in original-image pixels, boxes clipped to the image.
+
+        ``min_face_px[i]``: the smallest face kept in image ``i``, in its pixels (default ``self.min_face_px``; an
+        image decoded at 1/s of its size keeps faces from ``min_face_px / s``, the same faces as at full size).
+        """
         side = placements[0].size
         results: list[list[Detection]] = []
         for i, p in enumerate(placements):
@@ -311,7 +316,8 @@ class Detector:
             box[:, [0, 2]] = np.clip(box[:, [0, 2]], 0, p.w)
             box[:, [1, 3]] = np.clip(box[:, [1, 3]], 0, p.h)
             kps = p.to_original(kpss[keep])
-            big = np.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) >= self.min_face_px
+            smallest = self.min_face_px if min_face_px is None else min_face_px[i]
+            big = np.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) >= smallest
             results.append([Detection(box[j].copy(), kps[j].copy(), float(scores[keep[j]]))
                             for j in np.flatnonzero(big)])
         return results
