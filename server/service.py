@@ -30,15 +30,35 @@ from server.domain import (
 from server.errors import DeadlineExceeded, FaceNotComparable, InvalidId, NoFace, Overloaded
 from server.inference.admission import Permit
 from server.inference.context import RequestContext
-from server.inference.decode import DecodeLimits, decode_cost, decode_scaled, read_header, reduced_scale
+from server.inference.decode import (
+    DecodeLimits,
+    ImageHeader,
+    decode_cost,
+    decode_scaled,
+    read_header,
+    reduced_scale,
+    scaled_size,
+)
 from server.inference.decode_budget import ImageCost, Lease, plan_decode
-from server.inference.pipeline import FaceResult
+from server.inference.pipeline import FaceResult, working_copy_bytes
 from server.logsafe import safe_text
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 MEMORY_RETRY_MS = 1000  # a large decode takes about a second on one core
+
+def _image_cost(header: ImageHeader, scale: int) -> ImageCost:
+    """What one image costs the decode budget decoded at 1/``scale``: its decode, the array and the pipeline's
+    working copy of it; for a reduced decode, the same again at full size (a possible re-decode)."""
+    peak, kept = decode_cost(header, scale)
+    width, height = scaled_size(header.width, header.height, scale)
+    if scale == 1:
+        return ImageCost(peak, kept + working_copy_bytes(height, width))
+    full_peak, full_kept = decode_cost(header)
+    return ImageCost(peak, kept + working_copy_bytes(height, width), full_peak,
+                     full_kept + working_copy_bytes(header.height, header.width))
+
 
 def parse_scan_id(value: str) -> uuid.UUID:
     """A scan id must be a UUID (400 otherwise)."""
@@ -101,8 +121,7 @@ class ScanService:
         config = self.runtime.pipeline.config
         keep = config.detector_size if config.reduced_decode else 0
         scales = [reduced_scale(h, keep) for h in headers]
-        costs = [ImageCost(*decode_cost(h, d), *(decode_cost(h) if d > 1 else (0, 0)))
-                 for h, d in zip(headers, scales, strict=True)]
+        costs = [_image_cost(h, d) for h, d in zip(headers, scales, strict=True)]
         plan = plan_decode(costs, self.runtime.decode_budget.capacity)
         lease = await self._memory(plan.need, deadline, permit)
         loop = asyncio.get_running_loop()

@@ -50,12 +50,14 @@ class Embedder:
     @staticmethod
     def align(images: list[npt.NDArray[np.uint8]], image_index: npt.NDArray[np.intp],
               points5: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-        """Aligned RGB crops ``(M, 112, 112, 3)`` from 5 points per face ``(M, 5, 2)``."""
-        out = np.empty((len(points5), SIZE, SIZE, 3), dtype=np.uint8)
+        """Aligned RGB crops ``(M, 112, 112, 3)`` from 5 points per face ``(M, 5, 2)`` (the images: RGB, or RGBA
+        with the same RGB)."""
+        channels = images[int(image_index[0])].shape[2] if len(image_index) else 3
+        out = np.empty((len(points5), SIZE, SIZE, channels), dtype=np.uint8)
         for m, (i, pts) in enumerate(zip(image_index, points5, strict=True)):
             cv2.warpAffine(images[i], similarity_transform(pts), (SIZE, SIZE), dst=out[m],
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        return out
+        return out if channels == 3 else np.ascontiguousarray(out[..., :3])
 
     @staticmethod
     def preprocess(crops: npt.NDArray[np.uint8], *, flip: bool = False) -> npt.NDArray[np.float32]:

@@ -111,14 +111,15 @@ class Landmarker:
 
     def preprocess(self, images: list[npt.NDArray[np.uint8]], image_index: npt.NDArray[np.intp],
                    affines: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """Warp each ROI to a ``(M, 3, 192, 192)`` RGB 0..1 batch."""
-        crops = np.empty((len(affines), CROP, CROP, 3), dtype=np.uint8)
+        """Warp each ROI to a ``(M, 3, 192, 192)`` RGB 0..1 batch (the images: RGB, or RGBA with the same RGB)."""
+        channels = images[int(image_index[0])].shape[2] if len(image_index) else 3
+        crops = np.empty((len(affines), CROP, CROP, channels), dtype=np.uint8)
         for m, (i, a) in enumerate(zip(image_index, affines, strict=True)):
             cv2.warpAffine(images[i], a, (CROP, CROP), dst=crops[m], flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         # One pass from the uint8 crops to the scaled planar batch (no intermediate float copy).
         batch = np.empty((len(affines), 3, CROP, CROP), dtype=np.float32)
-        np.multiply(crops.transpose(0, 3, 1, 2), np.float32(1 / 255), out=batch)
+        np.multiply(crops[..., :3].transpose(0, 3, 1, 2), np.float32(1 / 255), out=batch)
         return batch
 
     def postprocess(self, outputs: dict[str, npt.NDArray[np.float32]], affines: npt.NDArray[np.float64]

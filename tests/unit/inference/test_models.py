@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -234,3 +235,19 @@ def test_mesh68_geometric_order_on_a_real_mesh(mesh_of: Callable[[RGB], npt.NDAr
     assert y[51] < y[62] and y[66] < y[57]  # outer lips enclose the inner ones
     assert x[48] < x[60] and x[64] < x[54]  # inner corners inside the outer ones
     assert y[19] < y[37] and y[24] < y[44] and y[33] < y[51] and y[57] < y[8]  # brow < eye, nose < mouth < chin
+
+
+def test_warps_read_rgba_working_copies_exactly_like_rgb(pipeline: FacePipeline, photo: Callable[[str], RGB]) -> None:
+    """The pipeline warps 4-channel copies of small images (faster in OpenCV): the same batches, bit for bit."""
+    img = photo("eileen_collins_01")
+    rgba = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2RGBA))
+    index = np.array([0, 0], np.intp)
+    affines = roi_affines(np.array([[250.0, 180.0], [240.5, 190.25]], np.float32), np.array([210.0, 180.0], np.float32),
+                          np.radians(np.array([7.0, -23.0], np.float32)))
+    np.testing.assert_array_equal(pipeline.landmarker.preprocess([rgba], index, affines),
+                                  pipeline.landmarker.preprocess([img], index, affines))
+    pts = np.array([[[200, 160], [290, 158], [245, 210], [210, 250], [285, 248]]] * 2, np.float32)
+    pts[1] += 3.3
+    a, b = Embedder.align([rgba], index, pts), Embedder.align([img], index, pts)
+    assert a.shape == b.shape == (2, 112, 112, 3) and a.flags.c_contiguous
+    np.testing.assert_array_equal(a, b)
