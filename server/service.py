@@ -30,15 +30,35 @@ from server.domain import (
 from server.errors import DeadlineExceeded, FaceNotComparable, InvalidId, NoFace, Overloaded
 from server.inference.admission import Permit
 from server.inference.context import RequestContext
-from server.inference.decode import DecodeLimits, decode_cost, decode_image, read_header
+from server.inference.decode import (
+    DecodeLimits,
+    ImageHeader,
+    decode_cost,
+    decode_scaled,
+    read_header,
+    reduced_scale,
+    scaled_size,
+)
 from server.inference.decode_budget import ImageCost, Lease, plan_decode
-from server.inference.pipeline import FaceResult
+from server.inference.pipeline import FaceResult, working_copy_bytes
 from server.logsafe import safe_text
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 MEMORY_RETRY_MS = 1000  # a large decode takes about a second on one core
+
+def _image_cost(header: ImageHeader, scale: int) -> ImageCost:
+    """What one image costs the decode budget decoded at 1/``scale``: its decode, the array and the pipeline's
+    working copy of it; for a reduced decode, the same again at full size (a possible re-decode)."""
+    peak, kept = decode_cost(header, scale)
+    width, height = scaled_size(header.width, header.height, scale)
+    if scale == 1:
+        return ImageCost(peak, kept + working_copy_bytes(height, width))
+    full_peak, full_kept = decode_cost(header)
+    return ImageCost(peak, kept + working_copy_bytes(height, width), full_peak,
+                     full_kept + working_copy_bytes(header.height, header.width))
+
 
 def parse_scan_id(value: str) -> uuid.UUID:
     """A scan id must be a UUID (400 otherwise)."""
@@ -95,27 +115,44 @@ class ScanService:
         limits = self.limits
         # Headers only (no pixels): a bad or oversized image is refused here, and the rest priced for the budget.
         headers = await asyncio.to_thread(lambda: [read_header(data, limits, field=name) for data, name in files])
-        plan = plan_decode([ImageCost(*decode_cost(h)) for h in headers], self.runtime.decode_budget.capacity)
+        # A large JPEG is decoded at 1/2, 1/4 or 1/8 (its long side still at least the detector's largest canvas,
+        # so detection sees what it always saw) and again at full size only if its face turns out small. The lease
+        # covers that re-decode from the start: admitted work never waits for memory again.
+        config = self.runtime.pipeline.config
+        keep = config.detector_size if config.reduced_decode else 0
+        scales = [reduced_scale(h, keep) for h in headers]
+        costs = [_image_cost(h, d) for h, d in zip(headers, scales, strict=True)]
+        plan = plan_decode(costs, self.runtime.decode_budget.capacity)
         lease = await self._memory(plan.need, deadline, permit)
         loop = asyncio.get_running_loop()
-        decodes: list[asyncio.Future[npt.NDArray[np.uint8]]] = []
+        decodes: list[asyncio.Future[tuple[npt.NDArray[np.uint8], int]]] = []
         images: list[npt.NDArray[np.uint8]] = []
 
-        def decode(data: bytes, name: str) -> asyncio.Future[npt.NDArray[np.uint8]]:
+        def decode(data: bytes, name: str, scale: int) -> asyncio.Future[tuple[npt.NDArray[np.uint8], int]]:
             # In a copy of this context (as asyncio.to_thread does), so the decode span joins the request's trace.
-            call = functools.partial(contextvars.copy_context().run, decode_image, data, limits, field=name)
+            call = functools.partial(contextvars.copy_context().run, decode_scaled, data, limits, field=name,
+                                     scale=scale)
             future = loop.run_in_executor(None, call)
             decodes.append(future)
             return asyncio.shield(future)  # a cancelled request does not stop the thread: keep track of it
 
+        async def full_size(i: int) -> npt.NDArray[np.uint8]:
+            data, name = files[i]
+            return (await decode(data, name, 1))[0]
+
         try:
             if plan.together:
-                images = list(await asyncio.gather(*(decode(data, name) for data, name in files)))
+                decoded = list(await asyncio.gather(*(decode(data, name, d)
+                                                      for (data, name), d in zip(files, scales, strict=True))))
             else:  # too large to decode side by side within the budget: one after the other
-                for data, name in files:
-                    images.append(await decode(data, name))
+                decoded = []
+                for (data, name), d in zip(files, scales, strict=True):
+                    decoded.append(await decode(data, name, d))
+            images = [img for img, _ in decoded]
+            got = [g for _, g in decoded]
+            decoded.clear()
             lease.shrink_to(plan.kept)  # the codecs' buffers are gone; the pipeline holds the RGB arrays
-            return await self.runtime.pipeline.analyze(images, ctx)
+            return await self.runtime.pipeline.analyze(images, ctx, scales=got, full_size=full_size)
         finally:
             images.clear()
             running = [f for f in decodes if not f.done()]

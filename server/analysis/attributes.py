@@ -47,70 +47,101 @@ class FaceGeometry:
     mesh: NDF  # (468, 3)
     points68: NDF  # (68, 3)
     presence: float
+    # The image was decoded at 1/scale of its size (JPEG DCT scaling): all of the above are in its pixels, and the
+    # analysis reports them in the full-size image's.
+    scale: int = 1
 
 
-def head_pose(mesh: NDF) -> tuple[float, float, float]:
-    """(pitch, yaw, roll) in degrees from the mesh's own 3-D axes."""
-    m = mesh.astype(np.float64)
-    x_axis = np.zeros(3)
+def _unit(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Rows of ``v`` (..., 3) scaled to length 1 (left as they are when shorter than 1e-9)."""
+    out: npt.NDArray[np.float64] = v / np.maximum(np.sqrt((v * v).sum(axis=-1, keepdims=True)), 1e-9)
+    return out
+
+
+def head_poses(meshes: NDF) -> npt.NDArray[np.float64]:
+    """``(M, 3)`` (pitch, yaw, roll) in degrees of meshes ``(M, 468, 3)``, from each mesh's own 3-D axes."""
+    m = meshes.astype(np.float64)
+    x_axis = np.zeros((len(m), 3))
     for r, left in _SYMMETRIC_PAIRS:
-        v = m[left] - m[r]
-        x_axis += v / max(float(np.linalg.norm(v)), 1e-9)
-    x_axis /= max(float(np.linalg.norm(x_axis)), 1e-9)
-    down = m[_CHIN] - m[_NASION]
-    y_axis = down - np.dot(down, x_axis) * x_axis
-    y_axis /= max(float(np.linalg.norm(y_axis)), 1e-9)
+        x_axis += _unit(m[:, left] - m[:, r])
+    x_axis = _unit(x_axis)
+    down = m[:, _CHIN] - m[:, _NASION]
+    y_axis = _unit(down - (down * x_axis).sum(axis=1, keepdims=True) * x_axis)
     z_axis = np.cross(x_axis, y_axis)  # points into the image, away from the camera
     fwd = -z_axis  # the way the face looks, still tilted by the chin->nasion line's own pitch
     # Remove that tilt as a rotation about the face's own x axis (Rodrigues; x is orthogonal to fwd), not by
     # subtracting degrees afterwards: a subtracted offset leaks into yaw as soon as the head is rolled.
     off = math.radians(PITCH_OFFSET_DEG)
     fwd = fwd * math.cos(off) + np.cross(x_axis, fwd) * math.sin(off)
-    roll_rad = math.atan2(x_axis[1], x_axis[0])
+    roll = np.arctan2(x_axis[:, 1], x_axis[:, 0])
     # Yaw and pitch in the roll-levelled frame (Z-Y-X order: roll outermost), so rotating the picture about the
     # camera axis changes roll only.
-    c, s = math.cos(roll_rad), math.sin(roll_rad)
-    fx, fy, fz = c * fwd[0] + s * fwd[1], -s * fwd[0] + c * fwd[1], fwd[2]
-    yaw = math.degrees(math.atan2(fx, -fz))
-    pitch = math.degrees(math.atan2(-fy, math.hypot(fx, fz)))
-    return pitch, yaw, math.degrees(roll_rad)
+    c, s = np.cos(roll), np.sin(roll)
+    fx, fy, fz = c * fwd[:, 0] + s * fwd[:, 1], -s * fwd[:, 0] + c * fwd[:, 1], fwd[:, 2]
+    yaw = np.degrees(np.arctan2(fx, -fz))
+    pitch = np.degrees(np.arctan2(-fy, np.hypot(fx, fz)))
+    return np.stack([pitch, yaw, np.degrees(roll)], axis=1)
 
 
-def _opening(mesh: NDF, pairs: tuple[tuple[int, int], ...]) -> float:
+def head_pose(mesh: NDF) -> tuple[float, float, float]:
+    """(pitch, yaw, roll) in degrees from the mesh's own 3-D axes."""
+    pitch, yaw, roll = head_poses(mesh[None])[0].tolist()
+    return pitch, yaw, roll
+
+
+def _openings(meshes: NDF, pairs: tuple[tuple[int, int], ...]) -> npt.NDArray[np.float64]:
     # 3-D distances: unlike 2-D ones they do not shrink when the head turns or tilts.
-    return float(np.mean([np.linalg.norm(mesh[a] - mesh[b]) for a, b in pairs]))
+    a, b = [i for i, _ in pairs], [j for _, j in pairs]
+    d = meshes[:, a].astype(np.float64) - meshes[:, b]
+    out: npt.NDArray[np.float64] = np.sqrt((d * d).sum(axis=-1)).mean(axis=1)
+    return out
+
+
+def _eye_distances_3d(meshes: NDF) -> npt.NDArray[np.float64]:
+    right = meshes[:, [33, 133, 159, 145]].astype(np.float64).mean(axis=1)
+    left = meshes[:, [263, 362, 386, 374]].astype(np.float64).mean(axis=1)
+    d = left - right
+    out: npt.NDArray[np.float64] = np.sqrt((d * d).sum(axis=-1))
+    return out
 
 
 def eye_distance_3d(mesh: NDF) -> float:
     """Distance between the eye centres in 3-D (mesh units = image pixels), invariant to head pose."""
-    right = mesh[[33, 133, 159, 145]].mean(axis=0)
-    left = mesh[[263, 362, 386, 374]].mean(axis=0)
-    return float(np.linalg.norm(left - right))
+    return float(_eye_distances_3d(mesh[None])[0])
+
+
+def openings(meshes: NDF) -> npt.NDArray[np.float64]:
+    """``(M, 3)`` (left_eye_closed, right_eye_closed, mouth_opened) of meshes ``(M, 468, 3)``: eyes 0 = open,
+    1 = shut (subject's eyes); mouth 0 = lips together, 1 = wide open. Gaps relative to the 3-D eye distance."""
+    eye_dist = np.maximum(_eye_distances_3d(meshes), 1e-6)
+
+    def closed(pairs: tuple[tuple[int, int], ...]) -> npt.NDArray[np.float64]:
+        r = _openings(meshes, pairs) / eye_dist
+        out: npt.NDArray[np.float64] = np.clip((EYE_OPEN_RATIO - r) / (EYE_OPEN_RATIO - EYE_SHUT_RATIO), 0.0, 1.0)
+        return out
+
+    mouth = _openings(meshes, _INNER_LIPS) / eye_dist
+    opened = np.clip((mouth - MOUTH_CLOSED_RATIO) / (MOUTH_FULL_RATIO - MOUTH_CLOSED_RATIO), 0.0, 1.0)
+    return np.stack([closed(_LEFT_LIDS), closed(_RIGHT_LIDS), opened], axis=1)
 
 
 def eye_closure(mesh: NDF) -> tuple[float, float]:
     """(left_eye_closed, right_eye_closed) for the subject's eyes, 0 = open, 1 = shut."""
-    eye_dist = eye_distance_3d(mesh)
-
-    def closed(pairs: tuple[tuple[int, int], ...]) -> float:
-        r = _opening(mesh, pairs) / max(eye_dist, 1e-6)
-        return float(np.clip((EYE_OPEN_RATIO - r) / (EYE_OPEN_RATIO - EYE_SHUT_RATIO), 0.0, 1.0))
-
-    return closed(_LEFT_LIDS), closed(_RIGHT_LIDS)
+    left, right, _ = openings(mesh[None])[0].tolist()
+    return left, right
 
 
 def mouth_opening(mesh: NDF) -> float:
     """0 = lips together, 1 = wide open (inner-lip gap relative to the inter-eye distance)."""
-    r = _opening(mesh, _INNER_LIPS) / max(eye_distance_3d(mesh), 1e-6)
-    return float(np.clip((r - MOUTH_CLOSED_RATIO) / (MOUTH_FULL_RATIO - MOUTH_CLOSED_RATIO), 0.0, 1.0))
+    return float(openings(mesh[None])[0, 2])
 
 
-def _polygon_mask(shape: tuple[int, int], pts: npt.NDArray[np.float64], origin: tuple[int, int]
-                  ) -> npt.NDArray[np.uint8]:
-    mask = np.zeros(shape, dtype=np.uint8)
+def _fill_hull(mask: npt.NDArray[np.uint8], pts: npt.NDArray[np.float64], origin: tuple[int, int], value: int
+               ) -> None:
+    """Set the pixels of ``mask`` inside the convex hull of ``pts`` (image pixels; ``origin`` is the mask's
+    top-left corner in the image) to ``value``."""
     shifted = np.round(pts - np.array(origin)).astype(np.int32)
-    cv2.fillConvexPoly(mask, cv2.convexHull(shifted), 1)
-    return mask
+    cv2.fillConvexPoly(mask, cv2.convexHull(shifted), value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +163,14 @@ def _face_region(image: npt.NDArray[np.uint8], pts68: NDF) -> _Region:
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
     crop = image[y0:y1, x0:x1]
     shape = crop.shape[:2]
-    mask = _polygon_mask(shape, hull_pts, (x0, y0))
+    mask = np.zeros(shape, dtype=np.uint8)
+    _fill_hull(mask, hull_pts, (x0, y0), 1)
     skin = mask.copy()
     for part in (slice(36, 42), slice(42, 48), slice(48, 60), slice(17, 22), slice(22, 27)):
         pts = pts68[part, :2].astype(np.float64)
         centre = pts.mean(axis=0)
         # Grow each feature a little: lashes, lip edges and brow hair are not skin either.
-        skin[_polygon_mask(shape, centre + (pts - centre) * 1.3, (x0, y0)) > 0] = 0
+        _fill_hull(skin, centre + (pts - centre) * 1.3, (x0, y0), 0)
     inside = float(mask.sum())
     outside = 0.0 if full_area <= 0 else float(np.clip(1.0 - inside / full_area, 0.0, 1.0))
     ycrcb = np.asarray(cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2YCrCb), dtype=np.uint8)
@@ -167,9 +199,8 @@ def face_occlusion(region: _Region) -> float:
     sel = region.skin_mask > 0
     if not sel.any():
         return float(min(1.0, region.outside_fraction + 0.0))
-    y = region.ycrcb[..., 0][sel].astype(np.float32)
-    cr = region.ycrcb[..., 1][sel].astype(np.float32)
-    cb = region.ycrcb[..., 2][sel].astype(np.float32)
+    # One gather of the skin pixels, then each channel contiguous.
+    y, cr, cb = np.ascontiguousarray(region.ycrcb[sel].T, dtype=np.float32)
     chroma_spread = float(np.std(cr) + np.std(cb))
     seed = (cr >= _CR_RANGE[0]) & (cr <= _CR_RANGE[1]) & (cb >= _CB_RANGE[0]) & (cb <= _CB_RANGE[1]) & (y > 30)
     if chroma_spread > 2.0 and seed.mean() > 0.15:
@@ -225,29 +256,34 @@ def face_quality(components: dict[str, float]) -> float:
     return float(np.clip(math.exp(log_q), 0.0, 1.0))
 
 
-def analyze_face(image: npt.NDArray[np.uint8], g: FaceGeometry, crop: npt.NDArray[np.uint8]) -> FaceAnalysis:
-    """All attributes of one face."""
+def analyze_face(image: npt.NDArray[np.uint8], g: FaceGeometry, crop: npt.NDArray[np.uint8],
+                 pose: tuple[float, float, float] | None = None,
+                 opened: tuple[float, float, float] | None = None) -> FaceAnalysis:
+    """All attributes of one face (``pose`` and ``opened``: its :func:`head_poses` and :func:`openings` row when
+    computed for a whole batch)."""
     pts = g.points68
-    eye_r, eye_l = pts[36:42, :2].mean(axis=0), pts[42:48, :2].mean(axis=0)
+    # Pixel centres: pixel x of an image decoded at 1/s covers original pixels s*x .. s*x + s - 1.
+    out = pts[:, :2] if g.scale == 1 else (pts[:, :2] + 0.5) * g.scale - 0.5
+    eye_r, eye_l = out[36:42].mean(axis=0), out[42:48].mean(axis=0)
     eye_dist = float(np.linalg.norm(eye_l - eye_r))
-    pitch, yaw, roll = head_pose(g.mesh)
-    left_closed, right_closed = eye_closure(g.mesh)
+    pitch, yaw, roll = head_pose(g.mesh) if pose is None else pose
+    left_closed, right_closed, mouth = openings(g.mesh[None])[0].tolist() if opened is None else opened
     region = _face_region(image, pts)
     lum = face_luminance(region)
     occ = face_occlusion(region)
     comps = quality_components(eye_dist, sharpness(crop), pitch, yaw, lum, occ, max(left_closed, right_closed),
                                g.presence)
-    x1, y1, x2, y2 = (round(float(v)) for v in g.box)
+    x1, y1, x2, y2 = (round(float(v)) for v in g.box * g.scale)
     return FaceAnalysis(
         x1=x1, y1=y1, x2=x2, y2=y2,
-        landmark_68=tuple(Point(round(float(p[0]), 2), round(float(p[1]), 2)) for p in pts),
+        landmark_68=tuple(Point(round(x, 2), round(y, 2)) for x, y in out.tolist()),
         eye_dist=round(eye_dist, 3),
         face_luminance=round(lum, 3),
         face_occlusion=round(occ, 4),
         face_quality=round(face_quality(comps), 4),
         left_eye_closed=round(left_closed, 4),
         right_eye_closed=round(right_closed, 4),
-        mouth_opened=round(mouth_opening(g.mesh), 4),
+        mouth_opened=round(mouth, 4),
         pitch=round(pitch, 2), yaw=round(yaw, 2), roll=round(roll, 2),
         detection_score=round(g.score, 4),
         faces_found=g.faces_found,
@@ -257,5 +293,11 @@ def analyze_face(image: npt.NDArray[np.uint8], g: FaceGeometry, crop: npt.NDArra
 
 def analyze_faces(images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], geoms: list[FaceGeometry],
                   crops: npt.NDArray[np.uint8]) -> list[FaceAnalysis]:
-    """Attributes of a batch of faces; ``index[m]`` says which image face ``m`` came from."""
-    return [analyze_face(images[i], g, crops[m]) for m, (i, g) in enumerate(zip(index, geoms, strict=True))]
+    """Attributes of a batch of faces; ``index[m]`` says which image face ``m`` came from. Pose and openings are
+    computed for the whole batch at once."""
+    if not geoms:
+        return []
+    meshes = np.stack([g.mesh for g in geoms])
+    poses, opened = head_poses(meshes).tolist(), openings(meshes).tolist()
+    return [analyze_face(images[i], g, crops[m], tuple(poses[m]), tuple(opened[m]))
+            for m, (i, g) in enumerate(zip(index, geoms, strict=True))]

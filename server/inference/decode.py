@@ -1,4 +1,5 @@
-"""Image decoding: format sniffing, pixel limits checked before decoding, EXIF orientation, mode normalisation."""
+"""Image decoding: format sniffing, pixel limits checked before decoding, reduced-scale JPEG decoding, EXIF orientation,
+mode normalisation."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from server.errors import ImageTooLarge, UnsupportedImage
 
 # Pillow's own names; MPO is what cameras write for JPEGs with an embedded preview.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
+# Formats whose decoder can scale by 1/2, 1/4 or 1/8 while decoding (libjpeg's DCT scaling, Pillow's draft()).
+REDUCIBLE_FORMATS = frozenset({"JPEG", "MPO"})
+DCT_SCALES = (8, 4, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +74,25 @@ def read_header(data: bytes, limits: DecodeLimits, *, field: str | None = None) 
         raise UnsupportedImage("not a readable image (corrupt, truncated or unsupported)", field=field) from exc
 
 
-def decode_cost(header: ImageHeader) -> tuple[int, int]:
-    """``(peak, kept)``: bytes decode_image needs at its peak for this image, and the RGB array it returns."""
-    pixels = header.width * header.height
+def reduced_scale(header: ImageHeader, keep_long_side: int) -> int:
+    """The largest DCT scale (1, 2, 4 or 8) a JPEG can be decoded at while its long side stays at least
+    ``keep_long_side`` pixels (1: decode at full resolution; other formats always are)."""
+    if header.format not in REDUCIBLE_FORMATS or keep_long_side <= 0:
+        return 1
+    long_side = max(header.width, header.height)
+    return next((d for d in DCT_SCALES if -(-long_side // d) >= keep_long_side), 1)
+
+
+def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """The size libjpeg gives an image decoded at 1/``scale`` (sides rounded up)."""
+    return -(-width // scale), -(-height // scale)
+
+
+def decode_cost(header: ImageHeader, scale: int = 1) -> tuple[int, int]:
+    """``(peak, kept)``: bytes decode_image needs at its peak for this image decoded at 1/``scale``, and the RGB
+    array it returns."""
+    width, height = scaled_size(header.width, header.height, scale)
+    pixels = width * height
     if header.format == "WEBP":
         per_pixel = _WEBP_BYTES_PER_PIXEL
     elif header.transparency:
@@ -82,13 +102,23 @@ def decode_cost(header: ImageHeader) -> tuple[int, int]:
     return pixels * per_pixel, pixels * 3
 
 
-@tracing.traced("decode", lambda data, *_, **kw: {"bytes": len(data), "field": str(kw.get("field"))})
 def decode_image(data: bytes, limits: DecodeLimits, *, field: str | None = None) -> npt.NDArray[np.uint8]:
-    """Decode ``data`` into an upright RGB ``(H, W, 3)`` uint8 array.
+    """Decode ``data`` into an upright RGB ``(H, W, 3)`` uint8 array at full resolution (see
+    :func:`decode_scaled`)."""
+    return decode_scaled(data, limits, field=field)[0]
+
+
+@tracing.traced("decode", lambda data, *_, **kw: {"bytes": len(data), "field": str(kw.get("field")),
+                                                  "scale": int(kw.get("scale", 1))})
+def decode_scaled(data: bytes, limits: DecodeLimits, *, field: str | None = None, scale: int = 1
+                  ) -> tuple[npt.NDArray[np.uint8], int]:
+    """Decode ``data`` into an upright RGB ``(H, W, 3)`` uint8 array, a JPEG at 1/``scale`` of its size when
+    ``scale`` > 1 (DCT scaling: cheaper to decode, and already filtered); returns it and the scale it got
+    (1 for other formats). A pixel ``(x, y)`` of it covers original pixels ``scale*x .. scale*x + scale - 1``.
 
     Raises :class:`UnsupportedImage` for anything that is not a complete JPEG/PNG/WebP/BMP and
     :class:`ImageTooLarge` when the header announces more pixels than allowed (checked before decoding,
-    so a decompression bomb costs nothing).
+    so a decompression bomb costs nothing). The limits apply to the full-size image.
     """
     if not data:
         raise UnsupportedImage("empty file", field=field)
@@ -109,9 +139,17 @@ def decode_image(data: bytes, limits: DecodeLimits, *, field: str | None = None)
             if min(w, h) < limits.min_side:
                 raise UnsupportedImage(f"image is {w}x{h}; each side must be at least {limits.min_side} px",
                                        field=field)
+            got = 1
+            if scale > 1 and fmt in REDUCIBLE_FORMATS:
+                # Pillow picks the largest DCT scale that keeps the image at least this size: asking for the
+                # floored sides gets exactly 1/scale (sides rounded up), never less than what was priced.
+                drafted = img.draft(None, (max(1, w // scale), max(1, h // scale)))
+                if drafted is not None:
+                    got = max(1, round(w / drafted[1][2]))
             img.load()
-            upright: Image.Image = ImageOps.exif_transpose(img) or img
-            return _to_rgb(upright)
+            # Transposed in place: a photo without an EXIF turn is not copied.
+            ImageOps.exif_transpose(img, in_place=True)
+            return _to_rgb(img), got
     except (UnsupportedImage, ImageTooLarge):
         raise
     except Image.DecompressionBombError as exc:

@@ -3,7 +3,9 @@
 A compressed upload says little about what it costs to decode: a 130 KB solid-colour PNG holds 40 MP, which the
 decoder turns into hundreds of MB of pixels. Before decoding, a compare estimates (from the image headers) the
 bytes its decodes will need and takes them from the budget; once decoded it keeps only what the pipeline still
-holds (the RGB arrays) and gives the rest back; after the pipeline everything goes back. Waiters are served
+holds (the RGB arrays) and gives the rest back; after the pipeline everything goes back. A JPEG decoded at reduced
+scale may be decoded again at full size during the pipeline (its face is small): the lease covers that worst case
+from the start, so a re-decode never waits and is never refused. Waiters are served
 first-come first-served, so a large request is not starved by small ones. A request that needs more than the whole
 budget runs alone (it waits until nothing else holds any), decoding one image at a time.
 """
@@ -22,10 +24,13 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ImageCost:
-    """What one image costs: the transient peak while decoding it, and the decoded array the pipeline keeps."""
+    """What one image costs: the transient peak while decoding it, and the decoded array the pipeline keeps; for
+    an image decoded at reduced scale, also the peak and array of a full-size re-decode (0: none possible)."""
 
     decode_peak: int
     kept: int
+    redecode_peak: int = 0
+    redecode_kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,20 +39,27 @@ class DecodePlan:
 
     together: bool
     need: int  # bytes to acquire before decoding (at most the budget's capacity)
-    kept: int  # bytes to hold once decoded, until the pipeline is done with the pixels
+    kept: int  # bytes to hold once decoded, until the pipeline is done with the pixels (re-decodes included)
 
 
 def plan_decode(costs: list[ImageCost], capacity: int) -> DecodePlan:
     """Decode together when all peaks fit in the budget at once, else one at a time (each earlier image's array
-    is kept while the next one decodes)."""
-    kept = sum(c.kept for c in costs)
+    is kept while the next one decodes).
+
+    Re-decodes at full size happen one at a time while the pipeline runs; at worst every image ends up with its
+    larger array while the largest full decode peaks, so that much is held from the start (``need`` covers it
+    too): a re-decode needs no bytes beyond the lease.
+    """
+    kept = sum(max(c.kept, c.redecode_kept) for c in costs) + max((c.redecode_peak for c in costs), default=0)
     together = sum(c.decode_peak for c in costs)
     if together <= capacity:
-        return DecodePlan(True, together, min(kept, together))
+        need = max(together, kept)
+        return DecodePlan(True, min(need, capacity), min(kept, capacity))
     held, need = 0, 0
     for c in costs:
         need = max(need, held + c.decode_peak)
         held += c.kept
+    need = max(need, kept)
     return DecodePlan(False, min(need, capacity), min(kept, capacity))
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -34,7 +36,7 @@ from server.inference.models.detector import (
     square_crop,
 )
 from server.inference.models.embedder import Embedder
-from server.inference.models.landmarker import Landmarker
+from server.inference.models.landmarker import Landmarker, Rois
 from server.inference.models.mesh68 import mesh_to_68
 
 NDF = npt.NDArray[np.float32]
@@ -51,6 +53,30 @@ LANDMARKER_CHECK_ROWS_PER_IMAGE = len(ORIENTATIONS) + len(DIAGONALS)
 # fallback turns and orientation checks are the largest). The runtime sizes the batchers' safety bound from it, with
 # headroom, so an admitted request can never meet a full queue.
 MAX_ROWS_PER_IMAGE = max(DETECTOR_ROWS_PER_IMAGE, LANDMARKER_CHECK_ROWS_PER_IMAGE)
+
+
+# Images up to this size get a 4-channel working copy for the landmark and alignment warps: OpenCV warps 4-channel
+# pixels about twice as fast as 3-channel ones, with identical RGB values (about 1-2 ms less host CPU per LFW pair,
+# replayed backend). Past ~0.5 MP making the copy costs more than the four or so warps per face save (1 MP photos
+# measured 1 ms worse), so larger images warp their RGB pixels. The copy (4 bytes a pixel) is priced in the decode
+# memory budget (:func:`working_copy_bytes`).
+WARP_COPY_MAX_PIXELS = 400_000
+
+
+def working_copy_bytes(height: int, width: int) -> int:
+    """Bytes of the pipeline's 4-channel working copy of an image of this size (0: it warps the RGB pixels)."""
+    return 4 * height * width if height * width <= WARP_COPY_MAX_PIXELS else 0
+
+
+def _warp_sources(images: list[npt.NDArray[np.uint8]]) -> list[npt.NDArray[np.uint8]]:
+    """The images the landmark and alignment warps read: 4-channel copies when every image is small enough."""
+    if all(img.shape[0] * img.shape[1] <= WARP_COPY_MAX_PIXELS for img in images):
+        return [np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2RGBA), dtype=np.uint8) for img in images]
+    return images
+
+
+# Image i decoded at full size (the service's decoder, within the request's decode memory lease).
+FullSize = Callable[[int], Awaitable[npt.NDArray[np.uint8]]]
 
 
 class InferenceRunner(Protocol):
@@ -87,6 +113,9 @@ class PipelineConfig:
     # Faces tilted ~45 degrees off the nearest quarter turn need a third pass to read roll within 1 degree.
     extra_refine_passes: int = 2
     converged_roll_deg: float = 1.0
+    # ... and a face's refinement stops once its ROI moves (centre) and resizes by under this share of its side
+    # while turning under converged_roll_deg: the next pass would read nearly the same crop (bench.attributes).
+    converged_shift: float = 0.03
     align_on_mesh: bool = True  # 5 alignment points from the mesh (finer) rather than the detector's keypoints
     flip_embedding: bool = False  # sum with the mirror image's embedding: no gain on LFW-dev, twice the cost
     threshold: float = 0.5
@@ -99,6 +128,15 @@ class PipelineConfig:
     # (FACEREC_MIN_FACE_PX 16) are refused as too small.
     max_abs_yaw_deg: float = 50.0
     min_eye_dist_px: float = 6.0
+    # A JPEG decoded at reduced scale (its long side still >= detector_size, so detection sees what it always saw)
+    # is decoded again at full size when the chosen face is narrower than this in it: the landmarker reads
+    # 1.5x the face at 192 px and the embedder the face at about 100 px, so a face this large loses nothing.
+    full_resolution_face_px: int = 160
+    reduced_decode: bool = True  # the service decodes large JPEGs at reduced scale (False: always at full size)
+    # OpenCV's own threads per call (process-wide; 0 leaves OpenCV's default). Requests already run side by side
+    # on the executor's threads and the warps here are small: handing each one to OpenCV's pool cost about 15 %
+    # more host CPU per pair than running it on the calling thread (measured with a replayed backend, 2 cores).
+    opencv_threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +165,27 @@ class FacePipeline:
                  calibration: ScoreCalibration | None = None) -> None:
         self.runner = runner
         self.config = config
+        if config.opencv_threads > 0:
+            cv2.setNumThreads(config.opencv_threads)
         self.detector = Detector(config.detector_size, config.detector_score_threshold,
                                  min_face_px=config.min_face_px)
         self.landmarker = Landmarker(specs["landmarker"])
         self.embedder = Embedder(specs["embedder"])
         self.calibration = calibration or ScoreCalibration()
 
-    async def detect(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[list[Detection]]:
-        """All faces per image found by the first (upright, own-size) pass, best score first."""
-        return await self._detect(images, [self.detector.place(img) for img in images], ctx)
+    async def detect(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext,
+                     scales: Sequence[int] | None = None) -> list[list[Detection]]:
+        """All faces per image found by the first (upright, own-size) pass, best score first (``scales``: see
+        :meth:`analyze`)."""
+        return await self._detect(images, [self.detector.place(img) for img in images], ctx,
+                                  self._min_face_px(scales, len(images)))
+
+    def _min_face_px(self, scales: Sequence[int] | None, n: int) -> list[float]:
+        """The smallest face kept in each image, in its own pixels: FACEREC_MIN_FACE_PX means full-size pixels."""
+        return [self.config.min_face_px / s for s in (scales or [1] * n)]
 
     async def _detect(self, images: list[npt.NDArray[np.uint8]], placements: list[Placement],
-                      ctx: RequestContext) -> list[list[Detection]]:
+                      ctx: RequestContext, min_px: list[float]) -> list[list[Detection]]:
         """Detections for each (image, placement); one detector call per canvas size, all sizes concurrently."""
         groups: dict[int, list[int]] = {}
         for j, p in enumerate(placements):
@@ -148,7 +195,7 @@ class FacePipeline:
             imgs, pls = [images[j] for j in members], [placements[j] for j in members]
             batch = await asyncio.to_thread(self.detector.preprocess_placed, imgs, pls)
             out = await self.runner.infer(self.detector.name, {"input": batch}, ctx)
-            return await asyncio.to_thread(self.detector.postprocess_placed, out, pls)
+            return await asyncio.to_thread(self.detector.postprocess_placed, out, pls, [min_px[j] for j in members])
 
         found = await asyncio.gather(*(run(m) for m in groups.values()))
         results: list[list[Detection]] = [[] for _ in placements]
@@ -157,7 +204,8 @@ class FacePipeline:
                 results[j] = d
         return results
 
-    async def detect_faces(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[Chosen | None]:
+    async def detect_faces(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext,
+                           scales: Sequence[int] | None = None) -> list[Chosen | None]:
         """The face to compare in each image (``None``: no face in any orientation).
 
         1. Each photo at its own size (bucketed canvas, never upscaled), upright.
@@ -172,12 +220,13 @@ class FacePipeline:
         A face kept from 1 (when confident) gets the upright check (:meth:`_check_upright`).
         Coordinates stay in the original image.
         """
-        first = await self.detect(images, ctx)
+        min_px = self._min_face_px(scales, len(images))
+        first = await self.detect(images, ctx, scales)
         chosen: list[Chosen | None] = [_choose(d, img.shape[:2], 0) for d, img in zip(first, images, strict=True)]
         if self.config.upright_check:
             confident = [i for i, c in enumerate(chosen)
                          if c is not None and c.detection.score >= self.config.upright_score]
-            await self._check_upright(images, chosen, confident, ctx)
+            await self._check_upright(images, chosen, confident, ctx, min_px)
         cands: dict[int, list[Chosen]] = {}
         for turns in (ORIENTATIONS, DIAGONALS):
             retry = [i for i, c in enumerate(chosen) if c is None or c.detection.score < self.config.upright_score]
@@ -186,7 +235,7 @@ class FacePipeline:
             jobs = [(i, rot) for i in retry for rot in turns]
             placements = [self.detector.place(images[i], pad=self.config.fallback_pad, rotation=rot)
                           for i, rot in jobs]
-            found = await self._detect([images[i] for i, _ in jobs], placements, ctx)
+            found = await self._detect([images[i] for i, _ in jobs], placements, ctx, [min_px[i] for i, _ in jobs])
             for (i, rot), dets in zip(jobs, found, strict=True):
                 cand = _choose(dets, images[i].shape[:2], rot)
                 if cand is None:
@@ -213,7 +262,7 @@ class FacePipeline:
         return chosen
 
     async def _check_upright(self, images: list[npt.NDArray[np.uint8]], chosen: list[Chosen | None],
-                             todo: list[int], ctx: RequestContext) -> None:
+                             todo: list[int], ctx: RequestContext, min_px: list[float]) -> None:
         """Replace (in place) confidently found first-pass faces that score higher turned half a turn.
 
         YuNet finds an upside-down face at up to ~0.9 with its keypoints drawn as if upright, so the first-pass
@@ -234,7 +283,7 @@ class FacePipeline:
                 jobs.append(place(crop.shape[0], crop.shape[1], self.config.upright_check_size,
                                   rotation=(level + turn) % 360))
             origins.append(origin)
-        found = await self._detect(crops, jobs, ctx)
+        found = await self._detect(crops, jobs, ctx, [min_px[i] for i in todo for _ in (0, 180)])
         for k, i in enumerate(todo):
             size = crops[2 * k].shape[:2]
             as_is, turned = nearest_centre(found[2 * k], size), nearest_centre(found[2 * k + 1], size)
@@ -243,9 +292,25 @@ class FacePipeline:
                 prev = chosen[i]
                 chosen[i] = Chosen(det, prev.faces_found if prev else 1, _quarter_turn(det))
 
-    async def analyze(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext) -> list[FaceResult | None]:
-        """Analyse the most prominent face of each RGB image; ``None`` where no face was found."""
-        picked = await self.detect_faces(images, ctx)
+    async def analyze(self, images: list[npt.NDArray[np.uint8]], ctx: RequestContext, *,
+                      scales: Sequence[int] | None = None, full_size: FullSize | None = None
+                      ) -> list[FaceResult | None]:
+        """Analyse the most prominent face of each RGB image; ``None`` where no face was found.
+
+        ``scales[i]`` > 1: image ``i`` was decoded at 1/``scales[i]`` of its size (JPEG DCT scaling); every
+        coordinate in its result is still in full-size pixels. ``full_size(i)`` gives image ``i`` at full size: it
+        is asked for (one image at a time) when the face chosen in the reduced image is under
+        ``full_resolution_face_px``, so landmarks and embedding read it at full detail.
+        """
+        picked = await self.detect_faces(images, ctx, scales)
+        factors = [1] * len(images) if scales is None else list(scales)
+        images = list(images)
+        for i, c in enumerate(picked):
+            if (full_size is not None and c is not None and factors[i] > 1
+                    and min(c.detection.width, c.detection.height) < self.config.full_resolution_face_px):
+                images[i] = await full_size(i)
+                picked[i] = _full_size_choice(c, factors[i])
+                factors[i] = 1
         chosen = [(i, c.detection, c.faces_found) for i, c in enumerate(picked) if c is not None]
         results: list[FaceResult | None] = [None] * len(images)
         if not chosen:
@@ -254,25 +319,38 @@ class FacePipeline:
         boxes = np.stack([c[1].box for c in chosen])
         kps = np.stack([c[1].kps for c in chosen])
 
-        affines = Landmarker.rois(boxes, kps[:, :2])
-        mesh, presence = await self._mesh(images, index, affines, ctx)
+        rois = Landmarker.roi_params(boxes, kps[:, :2])
+
+        def first_pass() -> tuple[list[npt.NDArray[np.uint8]], NDF]:
+            """One hop for the warp sources and the first landmarker batch."""
+            sources = _warp_sources(images)
+            return sources, self.landmarker.preprocess(sources, index, rois.affines())
+
+        sources, batch = await asyncio.to_thread(first_pass)
+        out = await self.runner.infer(self.landmarker.name, {self.landmarker.input_name: batch}, ctx)
+        mesh, presence = self.landmarker.postprocess(out, rois.affines())
         if self.config.refine_landmarks:
-            mesh, presence = await self._refine(images, index, mesh, presence, ctx)
-        pts68 = mesh_to_68(mesh)
-
-        points5 = five_points(pts68) if self.config.align_on_mesh else kps
-        crops = await asyncio.to_thread(Embedder.align, images, index, points5)
+            mesh, presence = await self._refine(sources, index, rois, mesh=mesh, presence=presence, ctx=ctx)
         flip = self.config.flip_embedding
-        emb_in = await asyncio.to_thread(Embedder.preprocess, crops, flip=flip)
-        emb_out = await self.runner.infer(self.embedder.name, {self.embedder.input_name: emb_in}, ctx)
-        embeddings = self.embedder.postprocess(emb_out, flip=flip)
+        kps_points = None if self.config.align_on_mesh else kps
 
+        def embedder_input() -> tuple[NDF, npt.NDArray[np.uint8], NDF]:
+            """One hop for the 68 points, the aligned crops and the embedder's batch."""
+            pts68 = mesh_to_68(mesh)
+            crops = Embedder.align(sources, index, five_points(pts68) if kps_points is None else kps_points)
+            return pts68, crops, Embedder.preprocess(crops, flip=flip)
+
+        pts68, crops, emb_in = await asyncio.to_thread(embedder_input)
         geoms = [
             FaceGeometry(box=c[1].box, kps=c[1].kps, score=c[1].score, faces_found=c[2], mesh=mesh[m],
-                         points68=pts68[m], presence=float(presence[m]))
+                         points68=pts68[m], presence=float(presence[m]), scale=factors[c[0]])
             for m, c in enumerate(chosen)
         ]
-        analyses = await asyncio.to_thread(analyze_faces, images, index, geoms, crops)
+        # The attributes need the crops, not the embeddings: they are computed while the embedder runs.
+        emb_out, analyses = await asyncio.gather(
+            self.runner.infer(self.embedder.name, {self.embedder.input_name: emb_in}, ctx),
+            asyncio.to_thread(analyze_faces, images, index, geoms, crops))
+        embeddings = self.embedder.postprocess(emb_out, flip=flip)
         for m, (i, _, _) in enumerate(chosen):
             pick = picked[i]
             orientation = pick.orientation if pick is not None else 0
@@ -280,22 +358,42 @@ class FacePipeline:
             results[i] = FaceResult(analysis, embeddings[m], comparability_issue(analysis, self.config))
         return results
 
-    async def _refine(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], mesh: NDF,
-                      presence: NDF, ctx: RequestContext) -> tuple[NDF, NDF]:
-        """``refine_passes`` FaceMesh passes on re-levelled ROIs, then up to ``extra_refine_passes`` more for the
-        faces whose roll still moved by over ``converged_roll_deg`` in the last pass (strongly tilted faces: YuNet
-        reads about half of a 45-degree tilt, and each pass closes about half of the rest)."""
+    async def _refine(self, images: list[npt.NDArray[np.uint8]], index: npt.NDArray[np.intp], rois: Rois, *,
+                      mesh: NDF, presence: NDF, ctx: RequestContext) -> tuple[NDF, NDF]:
+        """Up to ``refine_passes`` FaceMesh passes on ROIs re-centred and re-levelled from the previous mesh, then up
+        to ``extra_refine_passes`` more for the faces whose roll still moved by over ``converged_roll_deg`` in the
+        last pass (strongly tilted faces: YuNet reads about half of a 45-degree tilt, and each pass closes about
+        half of the rest).
+
+        A face stops as soon as its ROI has converged: the ROI its latest mesh gives is within
+        ``converged_roll_deg`` and ``converged_shift`` (x the ROI's side, centre and side) of the one that mesh was
+        read on, so another pass would read (almost) the same crop again (about a third of the lfw-dev faces stop
+        after one refinement instead of two).
+        """
+        cfg = self.config
         moved = np.full(len(index), np.inf)
-        for k in range(self.config.refine_passes + self.config.extra_refine_passes):
-            todo = (np.arange(len(index)) if k < self.config.refine_passes
-                    else np.flatnonzero(moved > self.config.converged_roll_deg))
-            if not todo.size:
+        done = np.zeros(len(index), dtype=bool)
+
+        def step(k: int, rois: Rois, mesh: NDF) -> tuple[npt.NDArray[np.intp], Rois, NDF | None]:
+            """The faces the next pass reads, their new ROIs and the landmarker batch (None: no pass left)."""
+            nxt = Landmarker.roi_params_from_mesh(mesh)
+            done[:] |= rois.converged(nxt, roll_deg=cfg.converged_roll_deg, shift=cfg.converged_shift)
+            want = ~done if k < cfg.refine_passes else ~done & (moved > cfg.converged_roll_deg)
+            todo = np.flatnonzero(want)
+            sub = nxt.take(todo)
+            batch = self.landmarker.preprocess(images, index[todo], sub.affines()) if todo.size else None
+            return todo, sub, batch
+
+        for k in range(cfg.refine_passes + cfg.extra_refine_passes):
+            todo, sub, batch = await asyncio.to_thread(step, k, rois, mesh)
+            if batch is None:
                 break
             before = _mesh_roll(mesh[todo])
-            new_mesh, new_presence = await self._mesh(images, index[todo], Landmarker.rois_from_mesh(mesh[todo]),
-                                                      ctx)
+            out = await self.runner.infer(self.landmarker.name, {self.landmarker.input_name: batch}, ctx)
+            new_mesh, new_presence = self.landmarker.postprocess(out, sub.affines())
             mesh, presence = mesh.copy(), presence.copy()
             mesh[todo], presence[todo] = new_mesh, new_presence
+            rois = rois.put(todo, sub)
             moved[todo] = np.abs((_mesh_roll(new_mesh) - before + 180.0) % 360.0 - 180.0)
         return mesh, presence
 
@@ -343,6 +441,15 @@ def _choose(dets: list[Detection], size: tuple[int, int], rotation: int) -> Chos
         return None
     det = dets[most_prominent(dets, size)]
     return Chosen(det, len(dets), rotation % 360 if rotation % 90 == 0 else _quarter_turn(det))
+
+
+def _full_size_choice(c: Chosen, scale: int) -> Chosen:
+    """A face chosen in an image decoded at 1/``scale``, in the full-size image's pixels (boxes by their edges,
+    points by their pixel centres)."""
+    det = c.detection
+    full = Detection((det.box * scale).astype(np.float32), ((det.kps + 0.5) * scale - 0.5).astype(np.float32),
+                     det.score)
+    return Chosen(full, c.faces_found, c.orientation)
 
 
 def _quarter_turn(det: Detection) -> int:

@@ -7,6 +7,7 @@ padded. A :class:`Placement` records how, so detections map back exactly to the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -100,12 +101,17 @@ class Placement:
         Quarter turns map exactly. For other angles the box keeps its centre and its size in the face's own frame
         (a face is about as wide at any angle), rather than growing to the bounding box of the turned rectangle.
         """
+        out: npt.NDArray[np.float32] = self.boxes_to_original(box[None])[0]
+        return out
+
+    def boxes_to_original(self, boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """:meth:`box_to_original` for ``(K, 4)`` boxes at once."""
         if self.quarter_turns:
-            corners = self.to_original(box.reshape(2, 2))
-            return np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
-        centre = self.to_original(((box[:2] + box[2:]) / 2)[None].astype(np.float32))[0]
-        half = (box[2:] - box[:2]) / (2 * self.scale)
-        return np.concatenate([centre - half, centre + half]).astype(np.float32)
+            corners = self.to_original(boxes.reshape(-1, 2, 2))
+            return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
+        centre = self.to_original(((boxes[:, :2] + boxes[:, 2:]) / 2).astype(np.float32))
+        half = (boxes[:, 2:] - boxes[:, :2]) / (2 * self.scale)
+        return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
     def to_original(self, pts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Canvas points ``(..., 2)`` back to original-image pixels."""
@@ -185,13 +191,17 @@ class Detector:
         return place(h, w, self.size, pad=pad, rotation=rotation)
 
     @staticmethod
-    def render(image: npt.NDArray[np.uint8], p: Placement) -> npt.NDArray[np.float32]:
-        """One RGB image on its canvas: ``(3, S, S)`` BGR 0..255 float (YuNet was trained on OpenCV's BGR)."""
+    def render(image: npt.NDArray[np.uint8], p: Placement, out: npt.NDArray[np.float32] | None = None, *,
+               resized: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.float32]:
+        """One RGB image on its canvas: ``(3, S, S)`` BGR 0..255 float (YuNet was trained on OpenCV's BGR).
+
+        ``out``: a zeroed ``(3, S, S)`` float32 array to draw into (a row of the batch), so the canvas is written
+        once, straight from the uint8 pixels. ``resized``: the image already scaled to ``p.resized``.
+        """
+        canvas = np.zeros((3, p.size, p.size), dtype=np.float32) if out is None else out
         nh, nw = p.resized
-        resized = image
-        if (nh, nw) != image.shape[:2]:
-            interp = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
-            resized = np.asarray(cv2.resize(image, (nw, nh), interpolation=interp), dtype=np.uint8)
+        if resized is None:
+            resized = Detector.resize(image, p)
         if not p.quarter_turns:
             a = p.affine() @ np.array([[p.w / nw, 0.0, 0.0], [0.0, p.h / nh, 0.0], [0.0, 0.0, 1.0]])
             # warpAffine indexes pixels at their centres (integers); the affine is in continuous coordinates
@@ -199,13 +209,22 @@ class Detector:
             a[:, 2] += a[:, :2] @ np.array([0.5, 0.5]) - 0.5
             warped = cv2.warpAffine(resized, a, (p.size, p.size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-            return np.ascontiguousarray(warped[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+            canvas[...] = warped[:, :, ::-1].transpose(2, 0, 1)
+            return canvas
         turned = np.rot90(resized, -(p.rotation // 90)) if p.rotation else resized
-        canvas = np.zeros((3, p.size, p.size), dtype=np.float32)
         th, tw = turned.shape[:2]
         ox, oy = p.offset
         canvas[:, oy : oy + th, ox : ox + tw] = turned[:, :, ::-1].transpose(2, 0, 1)
         return canvas
+
+    @staticmethod
+    def resize(image: npt.NDArray[np.uint8], p: Placement) -> npt.NDArray[np.uint8]:
+        """``image`` scaled as ``p`` says (itself when no scaling is needed)."""
+        nh, nw = p.resized
+        if (nh, nw) == image.shape[:2]:
+            return image
+        interp = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
+        return np.asarray(cv2.resize(image, (nw, nh), interpolation=interp), dtype=np.uint8)
 
     def preprocess_placed(self, images: list[npt.NDArray[np.uint8]], placements: list[Placement]
                           ) -> npt.NDArray[np.float32]:
@@ -213,7 +232,17 @@ class Detector:
         sizes = {p.size for p in placements}
         if len(sizes) != 1:
             raise ValueError(f"one detector batch needs one canvas size, got {sorted(sizes)}")
-        return np.stack([self.render(img, p) for img, p in zip(images, placements, strict=True)])
+        side = sizes.pop()
+        batch = np.zeros((len(placements), 3, side, side), dtype=np.float32)
+        # The same image at the same scale (the turns of one photo, the upright check's two readings of one crop)
+        # is resized once.
+        scaled: dict[tuple[int, tuple[int, int]], npt.NDArray[np.uint8]] = {}
+        for img, p, row in zip(images, placements, batch, strict=True):
+            key = (id(img), p.resized)
+            if key not in scaled:
+                scaled[key] = self.resize(img, p)
+            self.render(img, p, row, resized=scaled[key])
+        return batch
 
     def preprocess(self, images: list[npt.NDArray[np.uint8]]
                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -232,24 +261,6 @@ class Detector:
             scales[i] = scale
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)), scales
 
-    def _decode(self, outputs: dict[str, npt.NDArray[np.float32]], side: int
-                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Scores ``(N, A)``, boxes ``(N, A, 4)`` and keypoints ``(N, A, 5, 2)`` in canvas pixels."""
-        boxes_all, kps_all, scores_all = [], [], []
-        for s in STRIDES:
-            grid = self._grid(side, s)  # (A, 2)
-            cls = np.clip(outputs[f"cls_{s}"][..., 0], 0, 1)
-            obj = np.clip(outputs[f"obj_{s}"][..., 0], 0, 1)
-            scores_all.append(np.sqrt(cls * obj))  # (N, A)
-            bbox = outputs[f"bbox_{s}"]  # (N, A, 4): centre offsets in cells, log-size in cells
-            centre = (grid[None] + bbox[..., :2]) * s
-            wh = np.exp(bbox[..., 2:4]) * s
-            boxes_all.append(np.concatenate([centre - wh / 2, centre + wh / 2], axis=-1))
-            kps = outputs[f"kps_{s}"].reshape(*bbox.shape[:2], 5, 2)
-            kps_all.append((kps + grid[None, :, None, :]) * s)
-        return (np.concatenate(scores_all, axis=1), np.concatenate(boxes_all, axis=1),
-                np.concatenate(kps_all, axis=1))
-
     def _nms(self, scores: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
         keep = np.flatnonzero(scores >= self.score_threshold)
         if not keep.size:
@@ -260,22 +271,55 @@ class Detector:
                                top_k=self.top_k)
         return keep[np.asarray(idx, dtype=np.int64).reshape(-1)]
 
-    def postprocess_placed(self, outputs: dict[str, npt.NDArray[np.float32]], placements: list[Placement]
-                           ) -> list[list[Detection]]:
-        """Detections per placed image (best score first) in original-image pixels, boxes clipped to the image."""
+    def _candidates(self, outputs: dict[str, npt.NDArray[np.float32]], side: int, i: int
+                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Image ``i``'s anchors scoring at least the threshold: scores ``(K,)``, boxes ``(K, 4)`` and keypoints
+        ``(K, 5, 2)`` in canvas pixels, in the network's anchor order (stride 8, 16, 32; row-major).
+
+        Only the anchors that can be kept are decoded (a few of the 2,100-8,400), the rest cost just their score.
+        """
+        scores_all, boxes_all, kps_all = [], [], []
+        for s in STRIDES:
+            cls = np.clip(outputs[f"cls_{s}"][i, :, 0], 0, 1)
+            obj = np.clip(outputs[f"obj_{s}"][i, :, 0], 0, 1)
+            scores = np.sqrt(cls * obj)
+            k = np.flatnonzero(scores >= self.score_threshold)
+            if not k.size:
+                continue
+            grid = self._grid(side, s)[k]
+            bbox = outputs[f"bbox_{s}"][i, k]
+            centre = (grid + bbox[:, :2]) * s
+            wh = np.exp(bbox[:, 2:4]) * s
+            scores_all.append(scores[k])
+            boxes_all.append(np.concatenate([centre - wh / 2, centre + wh / 2], axis=-1))
+            kps_all.append((outputs[f"kps_{s}"][i, k].reshape(-1, 5, 2) + grid[:, None, :]) * s)
+        if not scores_all:
+            return (np.zeros(0, np.float32), np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32))
+        return np.concatenate(scores_all), np.concatenate(boxes_all), np.concatenate(kps_all)
+
+    def postprocess_placed(self, outputs: dict[str, npt.NDArray[np.float32]], placements: list[Placement],
+                           min_face_px: Sequence[float] | None = None) -> list[list[Detection]]:
+        """Detections per placed image (best score first) in original-image pixels, boxes clipped to the image.
+
+        ``min_face_px[i]``: the smallest face kept in image ``i``, in its pixels (default ``self.min_face_px``; an
+        image decoded at 1/s of its size keeps faces from ``min_face_px / s``, the same faces as at full size).
+        """
         side = placements[0].size
-        scores, boxes, kpss = self._decode(outputs, side)
         results: list[list[Detection]] = []
         for i, p in enumerate(placements):
-            dets: list[Detection] = []
-            for j in self._nms(scores[i], boxes[i]):
-                box = p.box_to_original(boxes[i, j])
-                box[[0, 2]] = np.clip(box[[0, 2]], 0, p.w)
-                box[[1, 3]] = np.clip(box[[1, 3]], 0, p.h)
-                if min(box[2] - box[0], box[3] - box[1]) < self.min_face_px:
-                    continue
-                dets.append(Detection(box.astype(np.float32), p.to_original(kpss[i, j]), float(scores[i, j])))
-            results.append(dets)
+            scores, boxes, kpss = self._candidates(outputs, side, i)
+            keep = self._nms(scores, boxes)
+            if not keep.size:
+                results.append([])
+                continue
+            box = p.boxes_to_original(boxes[keep])
+            box[:, [0, 2]] = np.clip(box[:, [0, 2]], 0, p.w)
+            box[:, [1, 3]] = np.clip(box[:, [1, 3]], 0, p.h)
+            kps = p.to_original(kpss[keep])
+            smallest = self.min_face_px if min_face_px is None else min_face_px[i]
+            big = np.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) >= smallest
+            results.append([Detection(box[j].copy(), kps[j].copy(), float(scores[keep[j]]))
+                            for j in np.flatnonzero(big)])
         return results
 
     def postprocess(

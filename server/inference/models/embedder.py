@@ -50,12 +50,14 @@ class Embedder:
     @staticmethod
     def align(images: list[npt.NDArray[np.uint8]], image_index: npt.NDArray[np.intp],
               points5: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-        """Aligned RGB crops ``(M, 112, 112, 3)`` from 5 points per face ``(M, 5, 2)``."""
-        out = np.empty((len(points5), SIZE, SIZE, 3), dtype=np.uint8)
+        """Aligned RGB crops ``(M, 112, 112, 3)`` from 5 points per face ``(M, 5, 2)`` (the images: RGB, or RGBA
+        with the same RGB)."""
+        channels = images[int(image_index[0])].shape[2] if len(image_index) else 3
+        out = np.empty((len(points5), SIZE, SIZE, channels), dtype=np.uint8)
         for m, (i, pts) in enumerate(zip(image_index, points5, strict=True)):
-            out[m] = cv2.warpAffine(images[i], similarity_transform(pts), (SIZE, SIZE),
-                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        return out
+            cv2.warpAffine(images[i], similarity_transform(pts), (SIZE, SIZE), dst=out[m],
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        return out if channels == 3 else np.ascontiguousarray(out[..., :3])
 
     @staticmethod
     def preprocess(crops: npt.NDArray[np.uint8], *, flip: bool = False) -> npt.NDArray[np.float32]:
@@ -63,10 +65,13 @@ class Embedder:
 
         With ``flip`` the mirrored crops are appended after the originals, giving ``(2M, ...)``.
         """
-        x = crops.transpose(0, 3, 1, 2).astype(np.float32)
+        m = len(crops)
+        x = np.empty((2 * m if flip else m, 3, SIZE, SIZE), dtype=np.float32)
+        planar = crops.transpose(0, 3, 1, 2)
+        x[:m] = planar
         if flip:
-            x = np.concatenate([x, x[..., ::-1]], axis=0)
-        return np.ascontiguousarray(x)
+            x[m:] = planar[..., ::-1]
+        return x
 
     def postprocess(self, outputs: dict[str, npt.NDArray[np.float32]], *, flip: bool = False
                     ) -> npt.NDArray[np.float32]:

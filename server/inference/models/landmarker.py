@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +29,37 @@ def roi_affines(centres: npt.NDArray[np.float32], sizes: npt.NDArray[np.float32]
     return a
 
 
+@dataclass(frozen=True, slots=True)
+class Rois:
+    """Square, rotated ROIs of ``M`` faces: centres ``(M, 2)`` and sides ``(M,)`` in image pixels, angles (rad)."""
+
+    centres: npt.NDArray[np.float32]
+    sizes: npt.NDArray[np.float32]
+    angles: npt.NDArray[np.float32]
+
+    def affines(self) -> npt.NDArray[np.float64]:
+        return roi_affines(self.centres, self.sizes, self.angles)
+
+    def take(self, index: npt.NDArray[np.intp]) -> Rois:
+        return Rois(self.centres[index], self.sizes[index], self.angles[index])
+
+    def put(self, index: npt.NDArray[np.intp], other: Rois) -> Rois:
+        """A copy with rows ``index`` replaced by ``other``."""
+        centres, sizes, angles = self.centres.copy(), self.sizes.copy(), self.angles.copy()
+        centres[index], sizes[index], angles[index] = other.centres, other.sizes, other.angles
+        return Rois(centres, sizes, angles)
+
+    def converged(self, nxt: Rois, *, roll_deg: float, shift: float) -> npt.NDArray[np.bool_]:
+        """Per ROI: ``nxt`` turned by under ``roll_deg`` degrees, and moved its centre and changed its side by under
+        ``shift`` x this ROI's side: another landmark pass on ``nxt`` would land on (almost) the same crop."""
+        turn = np.abs((np.degrees(nxt.angles.astype(np.float64) - self.angles) + 180.0) % 360.0 - 180.0)
+        tol = shift * self.sizes.astype(np.float64)
+        moved = np.hypot(*(nxt.centres.astype(np.float64) - self.centres).T)
+        resized = np.abs(nxt.sizes.astype(np.float64) - self.sizes)
+        out: npt.NDArray[np.bool_] = (turn < roll_deg) & (moved < tol) & (resized < tol)
+        return out
+
+
 class Landmarker:
     """Pre/post-processing around the FaceMesh network."""
 
@@ -40,17 +73,22 @@ class Landmarker:
         self.presence_name = next(n for n, size in sized.items() if size == 1)
 
     @staticmethod
-    def rois(boxes: npt.NDArray[np.float32], eyes: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """Affines for ROIs from detector boxes ``(M, 4)`` and eye points ``(M, 2, 2)`` (image-left eye first)."""
+    def roi_params(boxes: npt.NDArray[np.float32], eyes: npt.NDArray[np.float32]) -> Rois:
+        """ROIs from detector boxes ``(M, 4)`` and eye points ``(M, 2, 2)`` (image-left eye first)."""
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
         sizes = ROI_SCALE * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         d = eyes[:, 1] - eyes[:, 0]
-        return roi_affines(centres.astype(np.float32), sizes.astype(np.float32),
-                           np.arctan2(d[:, 1], d[:, 0]).astype(np.float32))
+        return Rois(centres.astype(np.float32), sizes.astype(np.float32),
+                    np.arctan2(d[:, 1], d[:, 0]).astype(np.float32))
 
     @staticmethod
-    def rois_from_mesh(mesh: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """Refined ROIs from a first mesh ``(M, 468, 3)``: centred on the mesh, sized by its rotated extent."""
+    def rois(boxes: npt.NDArray[np.float32], eyes: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Affines for ROIs from detector boxes ``(M, 4)`` and eye points ``(M, 2, 2)`` (image-left eye first)."""
+        return Landmarker.roi_params(boxes, eyes).affines()
+
+    @staticmethod
+    def roi_params_from_mesh(mesh: npt.NDArray[np.float32]) -> Rois:
+        """Refined ROIs from a mesh ``(M, 468, 3)``: centred on the mesh, sized by its rotated extent."""
         # Eye outer corners (33: image-left, 263: image-right) give the roll more precisely than the detector.
         d = mesh[:, 263, :2] - mesh[:, 33, :2]
         ang = np.arctan2(d[:, 1], d[:, 0])
@@ -60,19 +98,29 @@ class Landmarker:
         rel = pts - centre0[:, None]
         u = c[:, None] * rel[..., 0] + s[:, None] * rel[..., 1]
         v = -s[:, None] * rel[..., 0] + c[:, None] * rel[..., 1]
-        umid, vmid = (u.max(1) + u.min(1)) / 2, (v.max(1) + v.min(1)) / 2
+        umax, umin, vmax, vmin = u.max(1), u.min(1), v.max(1), v.min(1)
+        umid, vmid = (umax + umin) / 2, (vmax + vmin) / 2
         centres = centre0 + np.stack([c * umid - s * vmid, s * umid + c * vmid], axis=1)
-        sizes = ROI_SCALE * np.maximum(u.max(1) - u.min(1), v.max(1) - v.min(1))
-        return roi_affines(centres.astype(np.float32), sizes.astype(np.float32), ang.astype(np.float32))
+        sizes = ROI_SCALE * np.maximum(umax - umin, vmax - vmin)
+        return Rois(centres.astype(np.float32), sizes.astype(np.float32), ang.astype(np.float32))
+
+    @staticmethod
+    def rois_from_mesh(mesh: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Affines of :meth:`roi_params_from_mesh`."""
+        return Landmarker.roi_params_from_mesh(mesh).affines()
 
     def preprocess(self, images: list[npt.NDArray[np.uint8]], image_index: npt.NDArray[np.intp],
                    affines: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """Warp each ROI to a ``(M, 3, 192, 192)`` RGB 0..1 batch."""
-        batch = np.empty((len(affines), CROP, CROP, 3), dtype=np.uint8)
+        """Warp each ROI to a ``(M, 3, 192, 192)`` RGB 0..1 batch (the images: RGB, or RGBA with the same RGB)."""
+        channels = images[int(image_index[0])].shape[2] if len(image_index) else 3
+        crops = np.empty((len(affines), CROP, CROP, channels), dtype=np.uint8)
         for m, (i, a) in enumerate(zip(image_index, affines, strict=True)):
-            batch[m] = cv2.warpAffine(images[i], a, (CROP, CROP), flags=cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1 / 255)
+            cv2.warpAffine(images[i], a, (CROP, CROP), dst=crops[m], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        # One pass from the uint8 crops to the scaled planar batch (no intermediate float copy).
+        batch = np.empty((len(affines), 3, CROP, CROP), dtype=np.float32)
+        np.multiply(crops[..., :3].transpose(0, 3, 1, 2), np.float32(1 / 255), out=batch)
+        return batch
 
     def postprocess(self, outputs: dict[str, npt.NDArray[np.float32]], affines: npt.NDArray[np.float64]
                     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

@@ -69,7 +69,25 @@ def _build() -> npt.NDArray[np.float32]:
 MESH_TO_68: npt.NDArray[np.float32] = _build()
 
 
+def _sparse(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+    """The matrix as ``(68, K)`` mesh indices and weights (K = the most mesh points one iBUG point uses; unused
+    slots weigh 0 on point 0)."""
+    rows, cols = np.nonzero(w)
+    k = int(np.bincount(rows).max())
+    idx, weights = np.zeros((len(w), k), dtype=np.intp), np.zeros((len(w), k), dtype=np.float32)
+    used = np.zeros(len(w), dtype=np.intp)
+    for r, c in zip(rows, cols, strict=True):
+        idx[r, used[r]], weights[r, used[r]] = c, w[r, c]
+        used[r] += 1
+    return idx, weights
+
+
+# Each iBUG point uses at most two mesh points: gathering them is exact (the same products and sum as the dense
+# product, whose other terms are zeros) and about 30x cheaper than a dense (68, 468) product per face.
+_INDEX, _WEIGHTS = _sparse(MESH_TO_68)
+
+
 def mesh_to_68(mesh: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """``(M, 468, D)`` mesh -> ``(M, 68, D)`` iBUG points."""
-    out: npt.NDArray[np.float32] = np.einsum("kn,mnd->mkd", MESH_TO_68, mesh).astype(np.float32)
+    out: npt.NDArray[np.float32] = (mesh[:, _INDEX] * _WEIGHTS[None, :, :, None]).sum(axis=2, dtype=np.float32)
     return out

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from server.errors import ImageTooLarge, UnsupportedImage
-from server.inference.decode import DecodeLimits, decode_image
+from server.inference.decode import DecodeLimits, decode_image, decode_scaled
 from server.inference.pipeline import FaceResult
 
 RGB = npt.NDArray[np.uint8]
@@ -192,3 +192,35 @@ def test_pixel_and_side_limits() -> None:
         decode_image(_encode(Image.new("RGB", (64, 64)), "PNG"), small)
     assert decode_image(_encode(Image.new("RGB", (64, 64)), "PNG"), DecodeLimits(max_pixels=64 * 64)).shape == (
         64, 64, 3)
+
+
+@pytest.mark.parametrize(("size", "scale"), [((1280, 853), 2), ((1001, 2003), 4), ((2401, 1601), 8)])
+def test_scaled_decode_gives_the_priced_size(portrait: RGB, size: tuple[int, int], scale: int) -> None:
+    """DCT scaling: sides divided by the scale and rounded up (what decode_cost priced), the same picture."""
+    img = Image.fromarray(portrait).resize(size)
+    data = _encode(img, "JPEG", quality=92)
+    reduced, got = decode_scaled(data, LIMITS, scale=scale)
+    assert got == scale
+    assert reduced.shape == (-(-size[1] // scale), -(-size[0] // scale), 3)
+    # Each reduced pixel is about the mean of its scale x scale block of the full decode (the last row and column
+    # cover partial blocks).
+    full = decode_image(data, LIMITS).astype(np.float32)
+    h, w = reduced.shape[0] - 1, reduced.shape[1] - 1
+    blocks = full[: h * scale, : w * scale].reshape(h, scale, w, scale, 3).mean(axis=(1, 3))
+    assert float(np.abs(blocks - reduced[:h, :w]).mean()) < 2.0  # measured 0.4-0.45 grey levels
+
+
+def test_scaled_decode_applies_exif_orientation_after_scaling(portrait: RGB) -> None:
+    img = Image.fromarray(portrait).resize((1300, 700))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown after a clockwise quarter turn
+    data = _encode(img, "JPEG", quality=92, exif=exif.tobytes())
+    reduced, got = decode_scaled(data, LIMITS, scale=2)
+    assert (got, reduced.shape) == (2, (650, 350, 3))
+    assert decode_image(data, LIMITS).shape == (1300, 700, 3)
+
+
+def test_other_formats_decode_at_full_size(portrait: RGB) -> None:
+    data = _encode(Image.fromarray(portrait).resize((1400, 900)), "PNG")
+    reduced, got = decode_scaled(data, LIMITS, scale=2)
+    assert (got, reduced.shape) == (1, (900, 1400, 3))

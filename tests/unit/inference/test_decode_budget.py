@@ -94,3 +94,22 @@ def test_plan_decodes_one_after_the_other_otherwise() -> None:
 def test_the_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         MemoryBudget(0)
+
+
+def test_plan_holds_a_full_size_redecode_from_the_start() -> None:
+    # Image 1 decoded at 1/2: peak 10, array 2; at full size peak 40, array 8. Image 2 at full size: 30 / 6.
+    costs = [ImageCost(10, 2, 40, 8), ImageCost(30, 6)]
+    plan = plan_decode(costs, capacity=100)
+    # Worst case while the pipeline runs: both full arrays (8 + 6) and the re-decode's peak (40) on top.
+    assert (plan.together, plan.need, plan.kept) == (True, 54, 54)
+    assert plan.need >= 2 + 6 + 40  # the reduced array is still held while its full size decodes
+    # Without the re-decode the same images need only their decode peaks.
+    assert plan_decode([ImageCost(10, 2), ImageCost(30, 6)], capacity=100).need == 40
+
+
+def test_plan_with_redecodes_one_after_the_other() -> None:
+    costs = [ImageCost(60, 20, 90, 40), ImageCost(60, 20, 90, 40)]
+    plan = plan_decode(costs, capacity=200)
+    assert (plan.together, plan.need, plan.kept) == (True, 170, 170)  # 40 + 40 + 90 > 120 together
+    tight = plan_decode(costs, capacity=110)
+    assert (tight.together, tight.need, tight.kept) == (False, 110, 110)  # capped: the request runs alone

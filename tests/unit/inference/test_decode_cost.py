@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from server.errors import ImageTooLarge, UnsupportedImage
-from server.inference.decode import DecodeLimits, decode_cost, read_header
+from server.inference.decode import DecodeLimits, decode_cost, read_header, reduced_scale
 
 LIMITS = DecodeLimits()
 
@@ -56,3 +56,26 @@ def test_header_refuses_like_decoding_does() -> None:
         read_header(_encode(Image.new("RGB", (10, 10)), "GIF"), LIMITS)
     with pytest.raises(ImageTooLarge):
         read_header(_encode(Image.new("L", (500, 500)), "PNG"), DecodeLimits(max_pixels=1000))
+
+
+@pytest.mark.parametrize(("size", "fmt", "scale"), [
+    ((1280, 853), "JPEG", 2),  # 640 x 427: the long side still fills the 640 canvas
+    ((1279, 853), "JPEG", 2),  # 1279 / 2 rounds up to 640
+    ((1278, 853), "JPEG", 1),  # 639 would shrink what the detector sees
+    ((1024, 1024), "JPEG", 1),
+    ((853, 2600), "JPEG", 4),  # the long side is the height: 650
+    ((6000, 4000), "JPEG", 8),
+    ((6000, 4000), "PNG", 1),  # only JPEG decoders scale while decoding
+])
+def test_reduced_scale_keeps_the_long_side_at_least_the_canvas(size: tuple[int, int], fmt: str, scale: int) -> None:
+    header = read_header(_encode(Image.new("RGB", size), fmt), LIMITS)
+    assert reduced_scale(header, 640) == scale
+    assert reduced_scale(header, 0) == 1  # off
+
+
+def test_a_reduced_decode_costs_its_reduced_pixels() -> None:
+    header = read_header(_encode(Image.new("RGB", (4000, 3000)), "JPEG"), LIMITS)
+    peak, kept = decode_cost(header)
+    peak2, kept2 = decode_cost(header, 2)
+    assert (peak2, kept2) == (peak // 4, kept // 4)
+    assert decode_cost(header, 8)[1] == 500 * 375 * 3

@@ -143,6 +143,10 @@ def test_postprocess_maps_rotated_detections_to_the_original_image() -> None:
     np.testing.assert_allclose(d.kps, kps_img, atol=1e-3)
     # The eye line, right eye to left eye, points up the image: the face is rolled -90 degrees.
     assert eye_angle(d.kps) == pytest.approx(-90.0)
+    # The 40-px face is under a 41-px minimum given for this image (an image decoded at reduced scale counts
+    # its minimum in its own pixels), and kept at 40.
+    assert det.postprocess_placed(outputs, [p], [41.0]) == [[]]
+    assert len(det.postprocess_placed(outputs, [p], [40.0])[0]) == 1
 
 
 def test_one_batch_needs_one_canvas_size() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from server.inference.models.detector import STRIDES, Detector
 from server.inference.models.embedder import ARCFACE_TEMPLATE, SIZE, Embedder, similarity_transform
-from server.inference.models.landmarker import CROP, Landmarker, roi_affines
+from server.inference.models.landmarker import CROP, Landmarker, Rois, roi_affines
 from server.inference.models.mesh68 import MESH_TO_68, mesh_to_68
 from server.inference.pipeline import FacePipeline
 
@@ -146,6 +147,25 @@ def test_rois_from_mesh_recentre_on_the_mesh(mesh_of: Callable[[RGB], npt.NDArra
     assert crop[33, 1] == pytest.approx(crop[263, 1], abs=1e-3)
 
 
+def test_rois_converge_only_when_turn_shift_and_size_are_all_small() -> None:
+    """A ROI has converged when the next one turns < 1 degree and moves / resizes by < 3 % of its side."""
+    base = Rois(np.array([[100.0, 100.0]] * 5, np.float32), np.full(5, 200.0, np.float32), np.zeros(5, np.float32))
+    nxt = Rois(np.array([[101.0, 102.0], [107.0, 100.0], [100.0, 100.0], [100.0, 100.0], [100.0, 100.0]],
+                        np.float32),
+               np.array([205.0, 200.0, 207.0, 200.0, 200.0], np.float32),
+               np.radians(np.array([0.5, 0.0, 0.0, 1.5, 359.5], np.float32)))
+    # 1: all small; 2: moved 3.5 %; 3: resized 3.5 %; 4: turned 1.5 degrees; 5: turned -0.5 degrees (wraps).
+    assert base.converged(nxt, roll_deg=1.0, shift=0.03).tolist() == [True, False, False, False, True]
+
+
+def test_roi_params_match_the_affines(mesh_of: Callable[[RGB], npt.NDArray[np.float32]],
+                                      photo: Callable[[str], RGB]) -> None:
+    mesh = mesh_of(photo("obama_01"))[None]
+    np.testing.assert_array_equal(Landmarker.roi_params_from_mesh(mesh).affines(), Landmarker.rois_from_mesh(mesh))
+    boxes, eyes = np.array([[10, 20, 110, 140]], np.float32), np.array([[[40, 60], [80, 58]]], np.float32)
+    np.testing.assert_array_equal(Landmarker.roi_params(boxes, eyes).affines(), Landmarker.rois(boxes, eyes))
+
+
 # --- embedder --------------------------------------------------------------------------------------------------
 
 
@@ -215,3 +235,19 @@ def test_mesh68_geometric_order_on_a_real_mesh(mesh_of: Callable[[RGB], npt.NDAr
     assert y[51] < y[62] and y[66] < y[57]  # outer lips enclose the inner ones
     assert x[48] < x[60] and x[64] < x[54]  # inner corners inside the outer ones
     assert y[19] < y[37] and y[24] < y[44] and y[33] < y[51] and y[57] < y[8]  # brow < eye, nose < mouth < chin
+
+
+def test_warps_read_rgba_working_copies_exactly_like_rgb(pipeline: FacePipeline, photo: Callable[[str], RGB]) -> None:
+    """The pipeline warps 4-channel copies of small images (faster in OpenCV): the same batches, bit for bit."""
+    img = photo("eileen_collins_01")
+    rgba = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2RGBA))
+    index = np.array([0, 0], np.intp)
+    affines = roi_affines(np.array([[250.0, 180.0], [240.5, 190.25]], np.float32), np.array([210.0, 180.0], np.float32),
+                          np.radians(np.array([7.0, -23.0], np.float32)))
+    np.testing.assert_array_equal(pipeline.landmarker.preprocess([rgba], index, affines),
+                                  pipeline.landmarker.preprocess([img], index, affines))
+    pts = np.array([[[200, 160], [290, 158], [245, 210], [210, 250], [285, 248]]] * 2, np.float32)
+    pts[1] += 3.3
+    a, b = Embedder.align([rgba], index, pts), Embedder.align([img], index, pts)
+    assert a.shape == b.shape == (2, 112, 112, 3) and a.flags.c_contiguous
+    np.testing.assert_array_equal(a, b)
