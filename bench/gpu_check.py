@@ -244,7 +244,9 @@ def serve_and_load(args: argparse.Namespace, workers: int, budget: Budget, notes
                 protocol=proto, url=server.url, grpc_target=server.grpc_target, token=token, pairs=pairs,
                 concurrency=args.concurrency, rates=[], requests=args.load_requests, duration=args.load_duration,
                 warmup=2, request_timeout=60.0, max_inflight=max(args.concurrency), show_progress=False,
-                label=f"w{workers} ", server_pid=server.proc.pid if server.proc else None))
+                label=f"w{workers} ", server_pid=server.proc.pid if server.proc else None,
+                # Connections, not calls, are spread over the workers: 2 per worker so each gets some.
+                grpc_connections=2 * workers))
         result["ready"] = readiness(server)
     except RuntimeError as exc:  # the server did not start: its log says why
         notes.append(f"serve with {workers} workers: {str(exc).splitlines()[0]}")

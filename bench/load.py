@@ -98,14 +98,23 @@ class HttpClient:
 
 
 class GrpcClient:
-    """CompareFaces with the typed client (facerec_client.AsyncGrpcClient); the token travels as metadata."""
+    """CompareFaces with the typed client (facerec_client.AsyncGrpcClient); the token travels as metadata.
 
-    def __init__(self, target: str, token: str, pairs: list[Pair], timeout: float) -> None:
+    ``connections`` channels, each its own TCP connection (a local subchannel pool: by default gRPC shares one
+    connection between channels to the same target), used in turn. With ``facerec serve --workers N`` the kernel
+    spreads connections, not calls, over the workers: one HTTP/2 connection would load a single worker, as one
+    channel of a real client does (clients that want the whole group open several, or go through a balancer).
+    """
+
+    def __init__(self, target: str, token: str, pairs: list[Pair], timeout: float, connections: int = 1) -> None:
         import grpc
         from facerec_client import NO_RETRY, AsyncGrpcClient
+        from facerec_client.grpc import CHANNEL_OPTIONS
 
         self.pairs = pairs
-        self.api = AsyncGrpcClient(target, token, timeout=timeout, retry=NO_RETRY)
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self.apis = [AsyncGrpcClient(target, token, timeout=timeout, retry=NO_RETRY, options=options)
+                     for _ in range(max(1, connections))]
         self._error = grpc.aio.AioRpcError
 
     async def send(self, i: int) -> str:
@@ -113,7 +122,7 @@ class GrpcClient:
 
         p = self.pairs[i % len(self.pairs)]
         try:
-            await self.api.compare(p.a.data, p.b.data, channel="OTHER", reference=f"bench-{i}")
+            await self.apis[i % len(self.apis)].compare(p.a.data, p.b.data, channel="OTHER", reference=f"bench-{i}")
         except ApiError as exc:
             return str(exc.grpc_code)
         except self._error as exc:
@@ -121,7 +130,8 @@ class GrpcClient:
         return "OK"
 
     async def aclose(self) -> None:
-        await self.api.aclose()
+        for api in self.apis:
+            await api.aclose()
 
 
 # ----------------------------------------------------------------------------------------------- load shapes
@@ -222,14 +232,16 @@ def summarize(step: StepResult, *, protocol: str, mode: str, level: float) -> di
 async def run_steps(*, protocol: str, url: str, grpc_target: str, token: str, pairs: list[Pair],
                     concurrency: list[int], rates: list[float], requests: int, duration: float,
                     warmup: int, request_timeout: float, max_inflight: int, show_progress: bool = True,
-                    label: str = "", server_pid: int | None = None) -> list[dict[str, Any]]:
-    """Run each step (closed-loop levels, then open-loop rates) and return one summary per step."""
+                    label: str = "", server_pid: int | None = None,
+                    grpc_connections: int = 1) -> list[dict[str, Any]]:
+    """Run each step (closed-loop levels, then open-loop rates) and return one summary per step; gRPC calls
+    spread over ``grpc_connections`` connections (one per server worker spreads them over the workers)."""
     conns = max([*concurrency, max_inflight if rates else 1, 1])
     client: HttpClient | GrpcClient
     if protocol == "http":
         client = HttpClient(url, token, pairs, conns, request_timeout)
     else:
-        client = GrpcClient(grpc_target, token, pairs, request_timeout)
+        client = GrpcClient(grpc_target, token, pairs, request_timeout, grpc_connections)
     results: list[dict[str, Any]] = []
     index = 0
     try:
@@ -321,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter, epilog=__doc__)
     ap.add_argument("--protocol", choices=("http", "grpc", "both"), default="http")
+    ap.add_argument("--grpc-connections", type=int, default=1,
+                    help="gRPC connections to spread calls over (with `serve --workers N`, at least N)")
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP base URL (also used for /metrics)")
     ap.add_argument("--grpc-target", help="host:port of the gRPC server (default: the URL's host, port 50051)")
     ap.add_argument("--token", help="bearer token (default: $FACEREC_TOKEN, or minted with --data-dir)")
@@ -358,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             protocol=proto, url=args.url.rstrip("/"), grpc_target=grpc_target, token=token, pairs=pairs,
             concurrency=concurrency, rates=args.rate, requests=args.requests, duration=args.duration,
             warmup=args.warmup, request_timeout=args.timeout, max_inflight=args.max_inflight,
-            show_progress=not args.no_progress))
+            show_progress=not args.no_progress, grpc_connections=args.grpc_connections))
     print(results_table(results))
     out = args.out or RESULTS / f"load_{args.protocol}.json"
     write_json(out, {"machine": machine_info(), "target": args.url, "grpc_target": grpc_target,
