@@ -164,12 +164,19 @@ def _order_by(sort: tuple[tuple[str, bool], ...]) -> list[ColumnElement[Any]]:
     return clauses
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the single writer; busy_timeout waits for the writer instead of failing.
+    # WAL lets readers run beside the single writer; busy_timeout waits for the writer instead of failing. With
+    # `serve --workers N` every worker writes to the one file: on a 16-core node at 8 workers and 256 compares in
+    # flight, 3 of ~1,100 compares were answered 503 (the store's refusal), most likely a 5 s lock wait: a writer
+    # whose process is starved of CPU holds the lock longer. A refusal there wastes a finished analysis, so wait
+    # as long as a compare's default deadline (30 s); PostgreSQL is the store for many workers.
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
 
