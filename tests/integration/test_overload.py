@@ -36,13 +36,13 @@ def images(image_bytes: Callable[[str], bytes]) -> tuple[bytes, bytes]:
 def decodes(monkeypatch: pytest.MonkeyPatch) -> DecodeCount:
     """Counts every image the service decodes (a spy around the real decoder)."""
     count = [0]
-    real = server.service.decode_image
+    real = server.service.decode_scaled
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         count[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server.service, "decode_image", spy)
+    monkeypatch.setattr(server.service, "decode_scaled", spy)
     return count
 
 
