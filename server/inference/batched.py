@@ -12,6 +12,7 @@ from server.inference.backend import MODEL_NAMES, InferenceBackend
 from server.inference.batcher import Batcher
 from server.inference.context import RequestContext
 from server.inference.factory import on_accelerator
+from server.inference.model_config import MAX_CONCURRENT_TRITON_CALLS
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -65,7 +66,7 @@ class BatchedRunner:
                 self._call(model), name=model, max_batch_size=max(1, min(wanted, cap)),
                 max_wait_ms=settings.max_wait_ms, max_queue=max_queue, metrics=metrics,
                 # With Triton the server batches too; overlapping our calls lets its queue fill.
-                max_concurrent_batches=1 if settings.backend == "onnxruntime" else 4,
+                max_concurrent_batches=1 if settings.backend == "onnxruntime" else MAX_CONCURRENT_TRITON_CALLS,
             )
 
     def _call(self, model: str) -> Callable[[list[Row]], Awaitable[list[Row]]]:

@@ -80,7 +80,8 @@ class TritonServing:
     tensorrt_fp16: bool = False
 
 
-# What one API worker keeps in flight per model against Triton (server/inference/batched.py).
+# What one API worker keeps in flight per model against Triton (server/inference/batched.py uses it): the
+# bound the queue size above is sized from.
 MAX_CONCURRENT_TRITON_CALLS = 4
 
 
