@@ -35,13 +35,16 @@ def serve_and_load(tree: Path, pairs: list[Pair], *, concurrency: list[int], req
     with tempfile.TemporaryDirectory(prefix="facerec-throughput-") as tmp:
         # workers=None: no --workers flag, so an older tree (which has none) and this one both use their default.
         server = ServeProcess(Path(tmp), project_root=tree, workers=None, ready_path="/health/ready")
-        with server.start(timeout_s=300.0):
+        try:
+            server.start(timeout_s=300.0)
             token = server.token()
             steps = asyncio.run(run_steps(
                 protocol="http", url=server.url, grpc_target=server.grpc_target, token=token, pairs=pairs,
                 concurrency=concurrency, rates=[], requests=requests, duration=duration, warmup=8,
                 request_timeout=120.0, max_inflight=64, label=label,
                 server_pid=server.proc.pid if server.proc else None))
+        finally:
+            server.stop()
     return {f"c{int(s['concurrency'])}": s for s in steps}
 
 

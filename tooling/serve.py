@@ -61,7 +61,12 @@ class ServeProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 180.0) -> ServeProcess:
-        """Start the process and wait until it answers ``ready_path``; raise with its log when it cannot."""
+        """Start the process and wait until it answers ``ready_path``; raise with its log when it cannot.
+
+        Once per object: ``with ServeProcess(...)`` starts it itself (a second start would leave the first process
+        running, unstopped, sharing the port)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("this ServeProcess is already running")
         cmd = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--grpc-port", str(self.grpc_port)]
         if self.workers is not None:

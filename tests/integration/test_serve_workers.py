@@ -234,6 +234,15 @@ def test_both_workers_serve_http_and_grpc_on_one_port(group: ServeProcess, token
             channel.close()
 
 
+def test_a_running_serve_process_is_not_started_twice(group: ServeProcess) -> None:
+    # A second start would launch another server on the same ports (SO_REUSEPORT lets it bind) that stop() never
+    # stops: bench.throughput once measured two servers per checkout that way and left them running.
+    pid = group.proc.pid if group.proc else None
+    with pytest.raises(RuntimeError, match="already running"):
+        group.start(timeout_s=1)
+    assert group.proc is not None and group.proc.pid == pid and group.proc.poll() is None
+
+
 def test_metrics_add_up_every_workers_counts(group: ServeProcess, token: str, pair: tuple[bytes, bytes]) -> None:
     route = {"method": "POST", "route": COMPARE, "status": "200"}
 
