@@ -420,6 +420,9 @@ async def test_two_workers_meet_in_one_triton_batch(tmp_path: Path, pair: tuple[
         replies = [await asyncio.to_thread(p.result) for p in (first, second)]
         assert [(r[0], worker_of(r)) for r in replies] == [(200, 0), (200, 1)], [r[2][:300] for r in replies]
         # Triton's own counters: two requests (one per worker) ran as one batch of both workers' rows.
+        # Triton counts a request after sending its response: wait for both to be counted, then check exactly.
+        wait_for(lambda: triton.model_stats("embedder")["requests"] - before["requests"] >= 2, within_s=WAIT_S,
+                 what="Triton's statistics count both workers' embedder requests")
         after = triton.model_stats("embedder")
         assert {k: after[k] - before[k] for k in after} == {"requests": 2, "inferences": 2 * EMBEDDER_ROWS_PER_COMPARE,
                                                             "executions": 1}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import WAIT_S
 from PIL import Image
 
 from server.domain import CompareResult
@@ -22,6 +23,7 @@ from server.inference.triton import TritonBackend
 from server.settings import PROJECT_ROOT
 from tooling.serve import free_port
 from tooling.triton_local import LocalTriton, TritonUnavailableError
+from tooling.wait import wait_until
 
 pytestmark = pytest.mark.triton
 
@@ -135,6 +137,13 @@ async def test_concurrent_requests_are_batched_by_triton(backend: TritonBackend)
     batches = [(rng.random((1, 3, 112, 112), dtype=np.float32) * 255).astype(np.float32) for _ in range(16)]
     outs = await asyncio.gather(*(backend.infer("embedder", {"data": x}) for x in batches))
     assert all(o["fc1"].shape == (1, 128) for o in outs)
+
+    # Triton counts a request in its statistics after sending the response, so the client can hold every answer
+    # before the counters move (seen once: 16 answers, counters unchanged): wait for them, then check exactly.
+    async def counted() -> bool:
+        return (await _embedder_counts(backend))[0] - inferences0 >= 16
+
+    await wait_until(counted, within_s=WAIT_S, what="Triton's statistics count the 16 inferences")
     inferences1, executions1 = await _embedder_counts(backend)
     assert inferences1 - inferences0 == 16
     assert executions1 - executions0 < 16
