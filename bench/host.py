@@ -291,9 +291,9 @@ class CpuStageTimer(StageTimer):
 def stage_timers(rt: Any, timer: CpuStageTimer) -> Iterator[None]:
     import server.service as service_mod
 
-    decode, header = getattr(service_mod, "decode_image"), getattr(service_mod, "read_header")  # noqa: B009
+    decode, header = getattr(service_mod, "decode_scaled"), getattr(service_mod, "read_header")  # noqa: B009
     with (instrumented(rt.pipeline, timer),
-          mock.patch.object(service_mod, "decode_image", timer.wrap("decode", decode)),
+          mock.patch.object(service_mod, "decode_scaled", timer.wrap("decode", decode)),
           mock.patch.object(service_mod, "read_header", timer.wrap("read header", header))):
         yield
 
