@@ -319,7 +319,7 @@ class FacePipeline:
         boxes = np.stack([c[1].box for c in chosen])
         kps = np.stack([c[1].kps for c in chosen])
 
-        rois = Landmarker.roi_params(boxes, kps[:, :2])
+        rois = Landmarker.first_rois(boxes, kps[:, :2])
 
         def first_pass() -> tuple[list[npt.NDArray[np.uint8]], NDF]:
             """One hop for the warp sources and the first landmarker batch."""

@@ -17,9 +17,10 @@ import numpy.typing as npt
 STRIDES = (8, 16, 32)
 INPUT_NAME = "input"
 # Canvas sides the detector runs at. A photo goes to the smallest one that holds it at its own size (capped by the
-# configured maximum, beyond which it is scaled down), so a 250-px photo costs a 320x320 pass instead of 640x640,
-# and batches group by bucket: few distinct shapes keep cross-request batching effective.
-BUCKETS = (160, 320, 480, 640)
+# configured maximum, beyond which it is scaled down), so a 250-px photo costs a 256x256 pass instead of 640x640
+# (LFW-size crops and ID-photo thumbnails: 0.64x the pixels of the 320 canvas they had before 256 was added), and
+# batches group by bucket: few distinct shapes keep cross-request batching effective.
+BUCKETS = (160, 256, 320, 480, 640)
 ORIENTATIONS = (0, 90, 180, 270)
 # Tried only when no quarter turn shows a confidently upright face: a face ~45 degrees off every quarter turn scores
 # about as well (0.8-0.9) in a candidate where it is ~135 degrees off as in the right one, so the quarter turns

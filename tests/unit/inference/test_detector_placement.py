@@ -21,8 +21,9 @@ from server.inference.models.detector import (
 )
 
 
-@pytest.mark.parametrize(("side", "expected"), [(1, 160), (160, 160), (161, 320), (250, 320), (320, 320),
-                                                (321, 480), (480, 480), (481, 640), (640, 640), (641, 640)])
+@pytest.mark.parametrize(("side", "expected"), [(1, 160), (160, 160), (161, 256), (250, 256), (256, 256),
+                                                (257, 320), (320, 320), (321, 480), (480, 480), (481, 640),
+                                                (640, 640), (641, 640)])
 def test_bucket_is_the_smallest_that_holds_the_side(side: int, expected: int) -> None:
     assert bucket_for(side, 640) == expected
 
@@ -35,7 +36,7 @@ def test_bucket_respects_a_smaller_maximum() -> None:
 
 def test_a_250px_photo_is_not_letterboxed_to_640() -> None:
     p = place(250, 250, 640)
-    assert p.size == 320 and p.scale == 1.0  # own size on a 320 canvas: 0.39x the pixels of 640x640
+    assert p.size == 256 and p.scale == 1.0  # own size on a 256 canvas: 0.16x the pixels of 640x640
 
 
 @pytest.mark.parametrize("shape", [(64, 48), (250, 250), (480, 300), (1024, 820), (3000, 4000)])

@@ -12,7 +12,7 @@ import pytest
 
 from server.inference.models.detector import STRIDES, Detector
 from server.inference.models.embedder import ARCFACE_TEMPLATE, SIZE, Embedder, similarity_transform
-from server.inference.models.landmarker import CROP, Landmarker, Rois, roi_affines
+from server.inference.models.landmarker import CROP, FIRST_ROI_DOWN, FIRST_ROI_SIZE, Landmarker, Rois, roi_affines
 from server.inference.models.mesh68 import MESH_TO_68, mesh_to_68
 from server.inference.pipeline import FacePipeline
 
@@ -164,6 +164,20 @@ def test_roi_params_match_the_affines(mesh_of: Callable[[RGB], npt.NDArray[np.fl
     np.testing.assert_array_equal(Landmarker.roi_params_from_mesh(mesh).affines(), Landmarker.rois_from_mesh(mesh))
     boxes, eyes = np.array([[10, 20, 110, 140]], np.float32), np.array([[[40, 60], [80, 58]]], np.float32)
     np.testing.assert_array_equal(Landmarker.roi_params(boxes, eyes).affines(), Landmarker.rois(boxes, eyes))
+
+
+def test_first_rois_start_smaller_and_lower_along_the_face() -> None:
+    """The first pass's ROI is the box ROI shrunk by FIRST_ROI_SIZE and moved FIRST_ROI_DOWN x its side towards the
+    chin: straight down for an upright face, up for an upside-down one, sideways for one lying on its side."""
+    boxes = np.array([[0, 0, 100, 100]] * 3, np.float32)
+    eyes = np.array([[[30, 40], [70, 40]],  # upright: eyes left to right
+                     [[70, 60], [30, 60]],  # upside down
+                     [[60, 30], [60, 70]]], np.float32)  # turned a quarter clockwise: chin to the image-left
+    box, first = Landmarker.roi_params(boxes, eyes), Landmarker.first_rois(boxes, eyes)
+    np.testing.assert_allclose(first.sizes, box.sizes * FIRST_ROI_SIZE, rtol=1e-6)
+    np.testing.assert_array_equal(first.angles, box.angles)
+    step = FIRST_ROI_DOWN * float(box.sizes[0])
+    np.testing.assert_allclose(first.centres - box.centres, [[0, step], [0, -step], [-step, 0]], atol=1e-4)
 
 
 # --- embedder --------------------------------------------------------------------------------------------------
