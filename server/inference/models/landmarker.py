@@ -20,7 +20,7 @@ ROI_SCALE = 1.5
 # Starting halfway in size (0.93x) and 0.03 lower cut the landmarker rows per lfw-dev face from 2.79 to 2.04 with
 # bench.attributes' roll and flip errors within 0.02 degrees of starting from the box ROI (equal or lower on
 # ../shared/faces) and the same lfw-dev accuracy; going all the way (0.89x) saved 0.1 row more but moved the flip
-# yaw error on ../shared/faces by 0.3-0.6 degrees (bench/README "Host path"). No turn: a fixed one would break the
+# yaw error on ../shared/faces by 0.3-0.6 degrees (bench/README "Host bound"). No turn: a fixed one would break the
 # left-right symmetry that the flip check measures.
 FIRST_ROI_SIZE = 0.93
 FIRST_ROI_DOWN = 0.03
