@@ -246,8 +246,8 @@ def test_first_pass_from_the_settled_roi_saves_passes(backend: OnnxRuntimeBacken
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting the first landmark pass near where the passes settle (Landmarker.first_rois) takes fewer landmarker
     rows over the shared photos than starting from the detector box's ROI, and lands on the same landmarks within
-    2 % of the face's width on average (both end by the same convergence rule; bench/README "Host bound" has the
-    lfw-dev numbers: 2.79 -> 2.04 rows per face, same accuracy and attribute errors)."""
+    2 % of the face's width on average (both end by the same convergence rule; bench/README "Throughput targets" has
+    the lfw-dev numbers: 2.79 -> 2.21 rows per face, same accuracy and attribute errors)."""
     specs = {m: backend.spec(m) for m in MODEL_NAMES}
     images = [photo(n) for n in ("obama_01", "obama_02", "obama_03", "obama_04", "biden_01", "biden_02", "biden_03",
                                  "eileen_collins_01")]
