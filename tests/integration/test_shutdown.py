@@ -80,6 +80,12 @@ async def test_sigterm_drains_in_flight_http_and_grpc_then_exits_0(
                         await fresh.get(f"{server.url}/health/live")
                     except httpx.ConnectError:
                         return True
+                    except (httpx.RemoteProtocolError, httpx.ReadError):
+                        # A connect that raced the listener's close: the kernel completed the handshake from the
+                        # backlog, then the server closed the socket without a response (seen once under load,
+                        # run 2 of a fresh-clone streak). Not served is what counts; a response, or a hang until
+                        # the client's timeout, still fails.
+                        return True
                     return False
 
                 await wait_until(refused, within_s=GRACE_S / 2, interval_s=0.05,
