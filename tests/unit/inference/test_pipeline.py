@@ -221,21 +221,26 @@ class _CountingRunner:
         return await self.backend.infer(model, inputs)
 
 
+def _landmark_runs(backend: OnnxRuntimeBackend, images: list[RGB], config: PipelineConfig
+                   ) -> tuple[int, list[tuple[npt.NDArray[np.float64], int]]]:
+    """Landmarker rows the pipeline sends for ``images``, and each found face's 68 points with its box width."""
+    runner = _CountingRunner(backend)
+    pipe = FacePipeline(runner, {m: backend.spec(m) for m in MODEL_NAMES}, config)
+    results = asyncio.run(pipe.analyze(images, INTERNAL))
+    return runner.landmarker_rows, [(_points(r.analysis), r.analysis.x2 - r.analysis.x1)
+                                    for r in results if r is not None]
+
+
 def test_refinement_stops_when_the_roi_has_converged(backend: OnnxRuntimeBackend, photo: Callable[[str], RGB]
                                                      ) -> None:
     """With a loose convergence bound every face stops after its first pass (1 landmarker row per face); with
     none it runs every refinement (1 + 2 rows at least); the unrefined landmarks stay within 4 % of the face's
     width of the refined ones on average (measured 0.7-2.8 %, single points up to 6.4 %: what refinement is for)."""
-    specs = {m: backend.spec(m) for m in MODEL_NAMES}
     images = [photo(n) for n in ("obama_01", "biden_02", "eileen_collins_01")]
     rows, points = {}, {}
     for shift, roll in ((1.0, 360.0), (0.0, 0.0)):
-        runner = _CountingRunner(backend)
-        pipe = FacePipeline(runner, specs, PipelineConfig(converged_shift=shift, converged_roll_deg=roll,
-                                                          upright_check=False))
-        results = asyncio.run(pipe.analyze(images, INTERNAL))
-        rows[shift] = runner.landmarker_rows
-        points[shift] = [(_points(r.analysis), r.analysis.x2 - r.analysis.x1) for r in results if r is not None]
+        config = PipelineConfig(converged_shift=shift, converged_roll_deg=roll, upright_check=False)
+        rows[shift], points[shift] = _landmark_runs(backend, images, config)
     assert rows[1.0] == len(images)
     assert rows[0.0] >= 3 * len(images)
     for (a, width), (b, _) in zip(points[1.0], points[0.0], strict=True):
@@ -248,18 +253,13 @@ def test_first_pass_from_the_settled_roi_saves_passes(backend: OnnxRuntimeBacken
     rows over the shared photos than starting from the detector box's ROI, and lands on the same landmarks within
     2 % of the face's width on average (both end by the same convergence rule; bench/README "Throughput targets" has
     the lfw-dev numbers: 2.79 -> 2.21 rows per face, same accuracy and attribute errors)."""
-    specs = {m: backend.spec(m) for m in MODEL_NAMES}
     images = [photo(n) for n in ("obama_01", "obama_02", "obama_03", "obama_04", "biden_01", "biden_02", "biden_03",
                                  "eileen_collins_01")]
     rows, points = {}, {}
     for start in ("settled", "box"):
         if start == "box":
             monkeypatch.setattr(Landmarker, "first_rois", staticmethod(Landmarker.roi_params))
-        runner = _CountingRunner(backend)
-        pipe = FacePipeline(runner, specs, PipelineConfig(upright_check=False))
-        results = asyncio.run(pipe.analyze(images, INTERNAL))
-        rows[start] = runner.landmarker_rows
-        points[start] = [(_points(r.analysis), r.analysis.x2 - r.analysis.x1) for r in results if r is not None]
+        rows[start], points[start] = _landmark_runs(backend, images, PipelineConfig(upright_check=False))
     assert len(points["settled"]) == len(points["box"]) == len(images)
     assert rows["settled"] < rows["box"]
     for (a, width), (b, _) in zip(points["settled"], points["box"], strict=True):
